@@ -1,0 +1,20 @@
+# The CPU comparison scale: 4 arms x 3 seeds on the bundled Austen sample in under an hour on 2 cores.
+# A 4-layer, 128-wide GPT-2-vocabulary model; each run sees 160 x 2,048 = 328k tokens (~1/3 epoch of the sample).
+data_dir = "data/sample"
+out_dir = "runs/cpu_tiny"
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 256
+batch_size = 8
+total_batch_size = 2048
+learning_rate = 3e-3
+min_lr = 3e-4
+warmup_steps = 15
+max_steps = 160
+eval_interval = 20
+val_tokens = 16384
+log_interval = 20
+norm_interval = 20
+ckpt_interval = 40
+progress = False

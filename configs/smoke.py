@@ -1,0 +1,19 @@
+# Seconds per run: used by the tests and for trying things out. Real GPT-2 vocab, tiny transformer.
+data_dir = "data/sample"
+out_dir = "runs/smoke"
+n_layer = 2
+n_head = 2
+n_embd = 64
+block_size = 64
+batch_size = 4
+total_batch_size = 256  # 4 x 64: no accumulation on one rank
+learning_rate = 3e-3
+min_lr = 3e-4
+warmup_steps = 2
+max_steps = 20
+eval_interval = 10
+val_tokens = 1024
+log_interval = 5
+norm_interval = 10
+ckpt_interval = 10
+progress = False

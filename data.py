@@ -1,0 +1,204 @@
+"""Token shards (llm.c / modded-nanogpt .bin format) and the DDP-aware, resumable loader.
+
+Shard layout: a header of 256 little-endian int32 -- magic 20240520, version 1, token count, then zeros -- followed
+by `count` uint16 GPT-2 token ids. Every document is preceded by <|endoftext|> (50256). This is the format of the
+public pre-tokenized `finewebedu10B-gpt2` shards, which therefore load unchanged.
+"""
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
+HEADER_BYTES = HEADER_INTS * 4
+
+
+class DataError(RuntimeError):
+    """A problem with the data on disk; the message names the file and what to do."""
+
+
+# -- shard files ---------------------------------------------------------------------------------------------------
+
+def read_header(path) -> int:
+    """Validate a shard's header and size; return its token count."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise DataError(f"shard {path} is truncated ({size} bytes, shorter than its 1024-byte header); "
+                        f"delete it and rerun prepare_fineweb.py")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    if header[0] != MAGIC:
+        raise DataError(f"shard {path} has magic {header[0]}, expected {MAGIC}: not an llm.c-format token shard; "
+                        f"regenerate it with prepare_fineweb.py")
+    if header[1] != VERSION:
+        raise DataError(f"shard {path} has version {header[1]}, expected {VERSION} (uint16 GPT-2 tokens); "
+                        f"regenerate it with prepare_fineweb.py")
+    count = int(header[2])
+    if size != HEADER_BYTES + 2 * count:
+        raise DataError(f"shard {path} is {size} bytes but its header says {count} tokens "
+                        f"({HEADER_BYTES + 2 * count} bytes): truncated or corrupt; delete it and rerun "
+                        f"prepare_fineweb.py")
+    return count
+
+
+def shard_is_valid(path) -> bool:
+    try:
+        read_header(path)
+        return True
+    except (DataError, OSError):
+        return False
+
+
+def load_tokens(path) -> np.ndarray:
+    """Memory-map a shard's tokens (uint16) after validating its header."""
+    count = read_header(path)
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def write_shard(path, tokens) -> None:
+    """Write a shard atomically: temp file, fsync, rename. A crash never leaves a half shard under the real name."""
+    tokens = np.asarray(tokens)
+    if tokens.size and int(tokens.max()) >= 2 ** 16:
+        raise ValueError("token id does not fit in uint16")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = (MAGIC, VERSION, len(tokens))
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype("<u2", copy=False).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def find_shards(data_dir, split: str) -> list:
+    """Sorted .bin shards of a split ('train' / 'val') in data_dir; one clear error if there are none."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data_dir {data_dir} does not exist; create it with "
+                        f"`python prepare_fineweb.py --source sample --out_dir {data_dir}`")
+    files = sorted(p for p in glob.glob(str(data_dir / f"*{split}*.bin")))
+    if not files:
+        raise DataError(f"no '{split}' shards (*{split}*.bin) in {data_dir}; create them with "
+                        f"`python prepare_fineweb.py --source sample --out_dir {data_dir}`")
+    return [Path(f) for f in files]
+
+
+# -- the loader ----------------------------------------------------------------------------------------------------
+
+class ShardLoader:
+    """Yields (x, y) int64 windows of shape (B, T) for one rank of a DDP job.
+
+    A shard is cut into windows of B*T tokens (+1 for the shifted targets). Each step all ranks move together by
+    `world_size` windows and rank r takes the r-th one, so ranks never see the same tokens. When fewer than
+    world_size windows remain in a shard, everyone moves on to the next shard; after the last shard the epoch
+    ends and it starts again (wrap). With `shuffle`, shard order and window order are permuted per epoch from
+    `seed`, identically on every rank.
+
+    The whole position is three integers (epoch, shard cursor, window cursor), so state_dict()/load_state_dict()
+    resume at exactly the next window.
+    """
+
+    def __init__(self, data_dir, split, B, T, rank=0, world_size=1, shuffle=False, seed=0, vocab_size=None):
+        self.files = find_shards(data_dir, split)
+        self.split, self.B, self.T, self.rank, self.world = split, B, T, rank, world_size
+        self.shuffle, self.seed, self.vocab_size = shuffle, seed, vocab_size
+        self.window = B * T
+        self.counts = [read_header(f) for f in self.files]
+        self.n_windows = [max(0, (c - 1) // self.window) for c in self.counts]
+        if max(self.n_windows) < world_size:
+            need = self.window * world_size + 1
+            raise DataError(f"the '{split}' shards in {data_dir} are too small: a step needs {need:,} tokens "
+                            f"(batch_size {B} x block_size {T} x world {world_size} + 1) but the largest shard "
+                            f"has {max(self.counts):,}; lower batch_size/block_size or prepare more data")
+        self.epoch, self.shard_cursor, self.window_cursor = 0, 0, 0
+        self._tokens, self._tokens_index = None, None
+        self._set_epoch(0)
+
+    # ordering -------------------------------------------------------------------------------------------------
+    def _rng(self, *key):
+        return np.random.default_rng([self.seed, *key])
+
+    def _set_epoch(self, epoch):
+        self.epoch = epoch
+        order = np.arange(len(self.files))
+        if self.shuffle:
+            order = self._rng(epoch).permutation(order)
+        self.shard_order = [int(i) for i in order if self.n_windows[i] >= self.world]
+
+    def _window_order(self, shard):
+        n = self.n_windows[shard]
+        return self._rng(self.epoch, shard).permutation(n) if self.shuffle else np.arange(n)
+
+    def _load(self, shard):
+        if self._tokens_index != shard:
+            self._tokens, self._tokens_index = load_tokens(self.files[shard]), shard
+            self._order = self._window_order(shard)
+        return self._tokens
+
+    # iteration ------------------------------------------------------------------------------------------------
+    def next_batch(self):
+        shard = self.shard_order[self.shard_cursor]
+        tokens = self._load(shard)
+        w = int(self._order[self.window_cursor + self.rank])
+        buf = torch.from_numpy(tokens[w * self.window: (w + 1) * self.window + 1].astype(np.int64))
+        if self.vocab_size is not None and int(buf.max()) >= self.vocab_size:
+            raise DataError(f"shard {self.files[shard]} holds token id {int(buf.max())} >= vocab_size "
+                            f"{self.vocab_size}; the shard was made with another tokenizer -- regenerate it")
+        self._advance()
+        return buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
+
+    def _advance(self):
+        self.window_cursor += self.world
+        shard = self.shard_order[self.shard_cursor]
+        if self.window_cursor + self.world > self.n_windows[shard]:
+            self.window_cursor = 0
+            self.shard_cursor += 1
+            if self.shard_cursor >= len(self.shard_order):
+                self.shard_cursor = 0
+                self._set_epoch(self.epoch + 1)
+                self._tokens_index = None  # window order depends on the epoch
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    def reset(self):
+        self.shard_cursor, self.window_cursor = 0, 0
+        self._set_epoch(0)
+        self._tokens_index = None
+
+    # resume ---------------------------------------------------------------------------------------------------
+    def state_dict(self):
+        return {"epoch": self.epoch, "shard_cursor": self.shard_cursor, "window_cursor": self.window_cursor,
+                "files": [f.name for f in self.files], "B": self.B, "T": self.T, "world": self.world,
+                "shuffle": self.shuffle, "seed": self.seed}
+
+    def load_state_dict(self, state):
+        mine = (self.B, self.T, self.world, [f.name for f in self.files])
+        theirs = (state["B"], state["T"], state["world"], state["files"])
+        if mine != theirs:
+            raise DataError("the checkpoint's data position was saved for another batch shape, world size or "
+                            "shard list; resume with the original settings or start a new out_dir")
+        self._set_epoch(state["epoch"])
+        self.shard_cursor, self.window_cursor = state["shard_cursor"], state["window_cursor"]
+        self._tokens_index = None
+
+
+def val_batches(data_dir, B, T, rank, world_size, val_tokens, vocab_size=None):
+    """The fixed validation set: the first `val_tokens` tokens' worth of windows, split over ranks.
+
+    Returns (loader, steps). Every eval starts from the same windows, so val losses are comparable across runs.
+    """
+    loader = ShardLoader(data_dir, "val", B, T, rank, world_size, vocab_size=vocab_size)
+    per_step = B * T * world_size
+    available = sum(n // world_size for n in loader.n_windows if n >= world_size) * per_step
+    steps = min(val_tokens, available) // per_step
+    if steps < 1:
+        raise DataError(f"the val split in {data_dir} ({sum(loader.counts):,} tokens) is smaller than one "
+                        f"eval batch ({per_step:,} tokens = batch_size x block_size x world); lower batch_size "
+                        f"or block_size, or prepare more val data (--val_tokens)")
+    return loader, steps

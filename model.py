@@ -1,0 +1,417 @@
+"""GPT-2 with four interchangeable input embeddings (the `input_embedding` arm).
+
+    bpe_tied        nn.Embedding(V, d), output head tied to it          (GPT-2 / nanoGPT default)
+    kronecker       fixed byte codec + learned proj (D x d), untied head (the paper's model)
+    bpe_untied      nn.Embedding(V, d), untied head                     (our control: untying alone)
+    kronecker_tied  fixed byte codec + learned proj, head = the same codec table (no V x d parameter at all)
+
+The Kronecker codec (paper Eq. 1): a token with raw bytes b_1..b_L (L <= P) becomes the sparse vector
+s = (1/sqrt L) * sum_p e[b_p * P + p] in R^D (D = 256 P), z-normalised over its D entries and projected by a learned
+matrix. Because s has exactly L equal nonzeros, its mean and std are closed-form, and the projection is a weighted
+sum of L rows of `proj` minus a rank-1 correction -- see KroneckerEmbedding.
+
+This file knows nothing about DDP, data or logging.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+ARMS = ("bpe_tied", "kronecker", "bpe_untied", "kronecker_tied")
+KRON_MODES = ("sparse", "dynamic", "cached")
+REAL_VOCAB = 50257  # GPT-2's real vocabulary; ids above are padding (vocab_size 50304 = 64-aligned)
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    input_embedding: str = "bpe_tied"
+    kron_pos_dim: int = 16  # P: bytes per token kept by the codec; D = 256 * P
+    kron_mode: str = "sparse"
+
+    def __post_init__(self):
+        if self.input_embedding not in ARMS:
+            raise ValueError(f"unknown input_embedding {self.input_embedding!r}; valid: {', '.join(ARMS)}")
+        if self.kron_mode not in KRON_MODES:
+            raise ValueError(f"unknown kron_mode {self.kron_mode!r}; valid: {', '.join(KRON_MODES)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.kron_pos_dim < 1:
+            raise ValueError(f"kron_pos_dim must be >= 1, got {self.kron_pos_dim}")
+
+    @property
+    def is_kronecker(self) -> bool:
+        return self.input_embedding.startswith("kronecker")
+
+    @property
+    def is_tied(self) -> bool:
+        return self.input_embedding.endswith("_tied")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Kronecker codec
+
+
+def codec_bytes(raw: bytes, P: int) -> bytes:
+    """The bytes the codec sees for one token: at most P, cut on a character boundary when the token is UTF-8.
+
+    Tokens that are not valid UTF-8 on their own (byte fragments of multi-byte characters) are cut plainly.
+    """
+    if len(raw) <= P:
+        return raw
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw[:P]
+    cut = P
+    while cut > 0 and (raw[cut] & 0xC0) == 0x80:  # raw[cut] is a continuation byte: the char straddles the cut
+        cut -= 1
+    return raw[:cut]
+
+
+def codec_dense(byte_table: torch.Tensor, lengths: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Eq. 1 written out: (N, P) bytes + (N,) lengths -> (N, D) z-normalised codec vectors.
+
+    Used by the `dynamic` and `cached` modes (the paper's runtime variants) and by forced-OOV probes.
+    """
+    N, P = byte_table.shape
+    D = 256 * P
+    pos = torch.arange(P, device=byte_table.device)
+    real = pos[None, :] < lengths[:, None]                               # (N, P) slots that hold a byte
+    flat = byte_table.long() * P + pos[None, :]                          # index byte*P + position
+    val = real.to(dtype) / lengths.clamp(min=1).to(dtype).sqrt()[:, None]  # 1/sqrt(L) on real slots, 0 elsewhere
+    s = torch.zeros(N, D, dtype=dtype, device=byte_table.device).scatter_add_(1, flat, val)
+    mu = s.mean(dim=1, keepdim=True)
+    sd = s.std(dim=1, keepdim=True)  # unbiased, as in the paper
+    return (s - mu) / (sd + 1e-6)
+
+
+class KroneckerEmbedding(nn.Module):
+    """Fixed byte codec + one learned matrix `proj` (D x d). Replaces nn.Embedding(V, d).
+
+    `proj` is stored as (D, d) -- the transpose of the reference package's Linear(D, d).weight -- so that the
+    sparse path reads contiguous rows. Column convention of the codec: index = byte * P + position.
+
+    Modes (same outputs and gradients):
+      sparse   emb = (a/s') * sum_p proj[b_p*P + p]  -  (mu/s') * proj.sum(0)     O(L d) per token, no V x D table
+      dynamic  bytes -> dense codec (tokens x D) -> matmul                        the paper's on-the-fly variant
+      cached   precomputed V x D codec table -> lookup -> matmul                  the paper's cached variant
+    with, for L >= 1 nonzeros of value a = 1/sqrt(L):  mu = sqrt(L)/D,  s^2 = (1 - L/D)/(D - 1),  s' = s + 1e-6.
+    """
+
+    def __init__(self, vocab_size: int, n_embd: int, pos_dim: int, mode: str, token_bytes):
+        super().__init__()
+        assert mode in KRON_MODES
+        self.vocab_size, self.n_embd, self.P, self.mode = vocab_size, n_embd, pos_dim, mode
+        self.D = D = 256 * pos_dim
+        P = pos_dim
+
+        table = torch.zeros(vocab_size, P, dtype=torch.uint8)
+        lengths = torch.zeros(vocab_size, dtype=torch.long)
+        for i in range(vocab_size):
+            b = codec_bytes(token_bytes[i], P) if i < len(token_bytes) else b""
+            if b:
+                table[i, :len(b)] = torch.frombuffer(bytearray(b), dtype=torch.uint8)
+            lengths[i] = len(b)
+        self.register_buffer("byte_table", table)
+        self.register_buffer("lengths", lengths)
+
+        # Per-token weights of the exact sparse form, computed once in float64 (then stored in fp32).
+        L = lengths.double()
+        sigma = ((1 - L / D) / (D - 1)).sqrt() + 1e-6
+        has = L > 0
+        a_w = torch.where(has, (1 / L.clamp(min=1).sqrt()) / sigma, torch.zeros_like(L))
+        mu_w = torch.where(has, (L.sqrt() / D) / sigma, torch.zeros_like(L))
+        # kept in float64: cast to proj's dtype at use, so a float64 model is exact to ~1e-16
+        self.register_buffer("bag_weight", a_w, persistent=False)
+        self.register_buffer("mean_weight", mu_w, persistent=False)
+
+        # Slot indices for embedding_bag. Empty slots point at `pad_row`, a codec row no real token uses, which
+        # embedding_bag skips (padding_idx) in forward and backward. Fixed (N, P) shapes keep the path free of
+        # host syncs and graph breaks; measured as fast as ragged offsets on CPU (14 vs 13 ms, V=50k, P=16).
+        pos = torch.arange(P)
+        real = pos[None, :] < lengths[:, None]
+        slots = table.long() * P + pos[None, :]
+        used = torch.zeros(D, dtype=torch.bool)
+        used[slots[real]] = True
+        free = (~used).nonzero()
+        self.pad_row = int(free[0]) if len(free) else None  # None -> ragged fallback (every codec row is used)
+        self.register_buffer("slots", torch.where(real, slots, self.pad_row or 0), persistent=False)
+
+        if mode == "cached":
+            self.register_buffer("codec_table", codec_dense(table, lengths), persistent=False)
+            self.table_dtype = torch.float32
+
+        self.proj = nn.Parameter(torch.empty(D, n_embd))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # N(0, 1/D): keeps emb(t) ~ unit scale since x(t) is z-normalised. GPT-2's 0.02 init must not touch it.
+        nn.init.normal_(self.proj, mean=0.0, std=1.0 / math.sqrt(self.D))
+
+    def extra_repr(self):
+        return f"vocab={self.vocab_size}, P={self.P}, D={self.D}, d={self.n_embd}, mode={self.mode}"
+
+    def _sparse(self, ids: torch.Tensor) -> torch.Tensor:
+        w = self.bag_weight[ids].to(self.proj.dtype)
+        if self.pad_row is not None:
+            out = F.embedding_bag(self.slots[ids], self.proj, mode="sum", padding_idx=self.pad_row,
+                                  per_sample_weights=w[:, None].expand(-1, self.P).contiguous())
+        else:  # ragged: only the L real slots of each token
+            L = self.lengths[ids]
+            real = torch.arange(self.P, device=ids.device)[None, :] < L[:, None]
+            out = F.embedding_bag(self.slots[ids][real], self.proj, torch.cumsum(L, 0) - L, mode="sum",
+                                  per_sample_weights=w[:, None].expand(-1, self.P)[real])
+        # rank-1 correction for the mean; proj.sum(0) costs D*d once per call, not per token
+        return out - self.mean_weight[ids].to(self.proj.dtype)[:, None] * self.proj.sum(0)[None, :]
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N,) ids -> (N, d) embeddings in the configured mode."""
+        if self.mode == "sparse":
+            return self._sparse(ids)
+        if self.mode == "dynamic":
+            x = codec_dense(self.byte_table[ids], self.lengths[ids], dtype=self.proj.dtype)
+        else:
+            if self.table_dtype != self.proj.dtype:  # computed in proj's dtype, never just cast
+                self.codec_table = codec_dense(self.byte_table, self.lengths, dtype=self.proj.dtype)
+                self.table_dtype = self.proj.dtype
+            x = self.codec_table[ids]
+        return x @ self.proj
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.embed_ids(idx.reshape(-1)).view(*idx.shape, self.n_embd)
+
+    def full_table(self) -> torch.Tensor:
+        """Effective embedding of every id, (V, d): the input table the codec implies (and the tied head)."""
+        return self.embed_ids(torch.arange(self.vocab_size, device=self.proj.device))
+
+    def embed_bytes(self, raw: bytes) -> torch.Tensor:
+        """Embedding of an arbitrary byte string as ONE position (forced out-of-vocabulary input), (d,)."""
+        b = codec_bytes(raw, self.P)
+        table = torch.zeros(1, self.P, dtype=torch.uint8, device=self.proj.device)
+        if b:
+            table[0, :len(b)] = torch.tensor(list(b), dtype=torch.uint8)
+        lengths = torch.tensor([len(b)], device=self.proj.device)
+        return (codec_dense(table, lengths, dtype=self.proj.dtype) @ self.proj)[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The transformer (GPT-2)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.RESIDUAL_PROJ = True
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # flash attention on GPU; the causal mask is implied, never materialised
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.RESIDUAL_PROJ = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig, token_bytes=None):
+        super().__init__()
+        self.config = config
+        if config.is_kronecker:
+            if token_bytes is None:
+                from tokenizer import token_bytes as gpt2_token_bytes
+                token_bytes = gpt2_token_bytes(config.vocab_size)
+            wte = KroneckerEmbedding(config.vocab_size, config.n_embd, config.kron_pos_dim, config.kron_mode,
+                                     token_bytes)
+        else:
+            wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.transformer = nn.ModuleDict(dict(
+            wte=wte,
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        if config.input_embedding == "kronecker_tied":
+            self.lm_head = None  # logits come from the codec table itself, see forward()
+        else:
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            if config.input_embedding == "bpe_tied":
+                self.lm_head.weight = self.transformer.wte.weight  # weight tying (GPT-2)
+        self.apply(self._init_weights)  # never reaches KroneckerEmbedding.proj (a bare Parameter)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "RESIDUAL_PROJ", False):
+                std = 0.02 / math.sqrt(2 * self.config.n_layer)  # GPT-2: residual branches scaled by depth
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # -- forward ---------------------------------------------------------------------------------------------
+
+    def forward(self, idx, targets=None, tok_emb=None, return_hidden=False):
+        """idx (B, T) -> (logits, loss). With targets: logits for every position and the mean cross-entropy;
+        without: logits of the last position only (what generation needs).
+
+        tok_emb (B, T, d), optional: use these token embeddings instead of looking idx up (forced-OOV probes).
+        return_hidden: also return the final hidden states (after ln_f), for probes.
+        """
+        B, T = idx.shape
+        assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
+        wte = self.transformer.wte
+        table = None
+        if self.config.input_embedding == "kronecker_tied":
+            # one table per forward, shared by the input lookup and the output head: gradients from both uses
+            # meet in proj. Cost ~ V * L_mean * d, small next to the step (DESIGN / issue 9).
+            table = wte.full_table()
+            if tok_emb is None:
+                tok_emb = F.embedding(idx, table)
+        elif tok_emb is None:
+            tok_emb = wte(idx)
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(tok_emb + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        h = self.transformer.ln_f(x)
+        if targets is None:
+            h = h[:, [-1], :]
+        if table is not None:
+            # Tied to a codec table whose rows have norm ~sqrt(d) (z-normalised codec, N(0, 1/D) proj), so h E^T
+            # would start with logits of std ~sqrt(d) (initial loss ~50 at d=64). A fixed 1/sqrt(d) output scale,
+            # as T5 uses for its tied head, brings them to unit scale; it adds no parameter.
+            logits = F.linear(h, table) * self.config.n_embd ** -0.5
+        else:
+            logits = self.lm_head(h)
+        loss = None
+        if targets is not None:
+            flat = logits.view(-1, logits.size(-1))
+            flat = flat.to(torch.promote_types(flat.dtype, torch.float32))  # bf16 logits: loss in fp32
+            loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1)
+        if return_hidden:
+            return logits, loss, h
+        return logits, loss
+
+    # -- accounting --------------------------------------------------------------------------------------------
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def input_params(self) -> int:
+        """Trainable parameters of the input side (the table, or the codec's proj)."""
+        wte = self.transformer.wte
+        return wte.proj.numel() if self.config.is_kronecker else wte.weight.numel()
+
+    def mean_token_bytes(self) -> float:
+        """Average codec length L over the real vocabulary (Kronecker arms)."""
+        wte = self.transformer.wte
+        return wte.lengths[:REAL_VOCAB].float().mean().item()
+
+    def estimate_flops_per_token(self, tokens_per_forward: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward) of what this arm really computes.
+
+        6 * (matmul params) for the weights, 12 * n_layer * d * T for attention scores; a table lookup is free;
+        the sparse codec is ~4 L d (bag + its weight gradient); a dense codec (dynamic/cached) adds 4 D d.
+        kronecker_tied builds its V x d table once per forward: ~4 V L d spread over the forward's tokens.
+        """
+        cfg = self.config
+        d, V, T = cfg.n_embd, cfg.vocab_size, cfg.block_size
+        blocks = sum(p.numel() for p in self.transformer.h.parameters())
+        flops = 6 * (blocks + V * d) + 12 * cfg.n_layer * d * T  # every arm has a V x d output matmul
+        if cfg.is_kronecker:
+            D, L = self.transformer.wte.D, self.mean_token_bytes()
+            per_row = 4 * D * d if cfg.kron_mode != "sparse" else 4 * L * d
+            if cfg.input_embedding == "kronecker_tied":
+                n = tokens_per_forward or T
+                flops += per_row * V / n
+            else:
+                flops += per_row
+        return float(flops)
+
+    # -- optimizer ---------------------------------------------------------------------------------------------
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, eps=1e-8):
+        """AdamW with weight decay on >= 2-D tensors only (matrices and embeddings, proj included)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        extra = {"fused": True} if device_type == "cuda" else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, **extra)
+
+    # -- generation --------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Append max_new_tokens to idx (B, T). temperature 0 = greedy. No KV cache: simple and exact."""
+        for _ in range(max_new_tokens):
+            ctx = idx[:, -self.config.block_size:]
+            logits, _ = self(ctx)
+            next_id = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            idx = torch.cat((idx, next_id), dim=1)
+        return idx
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """(B, V) logits -> (B, 1) ids: greedy at temperature 0, else top-k / nucleus sampling."""
+    logits = logits[:, :REAL_VOCAB].float()  # never emit padding ids
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cum - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the smallest set with mass >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)

@@ -1,0 +1,62 @@
+"""Generate text from any checkpoint train.py wrote (any arm), on CPU or GPU.
+
+    python sample.py runs/quickstart/kronecker --prompt "It is a truth universally acknowledged" --num_samples 2
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from tokenizer import get_encoding
+from train import CheckpointError, latest_checkpoint, load_checkpoint
+
+
+def resolve_checkpoint(path):
+    """A checkpoint file, or a run folder (its newest readable checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        found, _ = latest_checkpoint(path, log=lambda m: print(m, file=sys.stderr))
+        if found is None:
+            raise CheckpointError(f"no checkpoint (ckpt_*.pt) in {path}; train one with train.py first")
+        return found
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a ckpt_*.pt file or a run folder")
+    return path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", help="ckpt_*.pt file or a run's out_dir")
+    ap.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    ap.add_argument("--num_samples", type=int, default=3)
+    ap.add_argument("--max_new_tokens", type=int, default=100)
+    ap.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    ap.add_argument("--top_k", type=int, default=200)
+    ap.add_argument("--top_p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        model, ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device=device)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    enc = get_encoding()
+    ids = enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
+    x = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    out = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, generator=gen)
+    print(f"# {model.config.input_embedding}, step {ckpt['step']}")
+    texts = []
+    for row in out.tolist():
+        texts.append(enc.decode(row))
+        print(texts[-1])
+        print("-" * 60)
+    return texts
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Build data/sample/austen.jsonl.gz (the bundled corpus) from austen.txt.gz: one chapter = one FineWeb-Edu-shaped row.
+
+    python scripts/make_sample.py [--src ../shared/data/austen.txt.gz] [--out data/sample/austen.jsonl.gz]
+
+The source text is the six Jane Austen novels (public domain) as shipped by the Debian package r-cran-janeaustenr
+1.0.0-1; see data/sample/README.md. The output is deterministic (sorted keys, gzip mtime 0).
+"""
+import argparse
+import gzip
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tokenizer import get_encoding  # noqa: E402
+
+SOURCE_SHA256 = "f46c14b02eb5efd875eeaf531fb73254b22d187eca87ea857832bef399f31b95"
+# title line in the text -> (slug, Project Gutenberg ebook number, which the janeaustenr text comes from)
+BOOKS = {
+    "SENSE AND SENSIBILITY": ("sense-and-sensibility", 161),
+    "PRIDE AND PREJUDICE": ("pride-and-prejudice", 1342),
+    "MANSFIELD PARK": ("mansfield-park", 141),
+    "EMMA": ("emma", 158),
+    "NORTHANGER ABBEY": ("northanger-abbey", 121),
+    "PERSUASION": ("persuasion", 105),
+}
+CHAPTER = re.compile(r"^(CHAPTER|Chapter) ([0-9IVXLC]+)\.?\s*$")
+
+
+def split_chapters(text: str):
+    """Yield (book_slug, gutenberg_id, chapter_number, chapter_text) in book order."""
+    book, chapter, lines, n = None, None, [], 0
+    for line in text.split("\n"):
+        if line.strip() in BOOKS:
+            if chapter is not None:
+                yield (*BOOKS[book], n, "\n".join(lines).strip() + "\n")
+            book, chapter, lines, n = line.strip(), None, [], 0
+            continue
+        if CHAPTER.match(line) and book is not None:
+            if chapter is not None:
+                yield (*BOOKS[book], n, "\n".join(lines).strip() + "\n")
+            chapter, lines, n = line, [], n + 1
+        if chapter is not None:
+            lines.append(line)
+    if chapter is not None:
+        yield (*BOOKS[book], n, "\n".join(lines).strip() + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = Path(__file__).resolve().parents[1]
+    ap.add_argument("--src", default=str(root.parent / "shared" / "data" / "austen.txt.gz"))
+    ap.add_argument("--out", default=str(root / "data" / "sample" / "austen.jsonl.gz"))
+    args = ap.parse_args()
+    text = gzip.decompress(Path(args.src).read_bytes())
+    if hashlib.sha256(text).hexdigest() != SOURCE_SHA256:
+        sys.exit(f"error: {args.src} is not the expected Austen text (sha256 {SOURCE_SHA256})")
+    enc = get_encoding()
+    rows = []
+    for slug, pg, n, body in split_chapters(text.decode("utf-8")):
+        rows.append({
+            "text": body, "id": f"austen/{slug}/{n:03d}", "dump": "janeaustenr-1.0.0",
+            "url": f"https://www.gutenberg.org/ebooks/{pg}", "file_path": f"janeaustenr/{slug}",
+            "language": "en", "language_score": 1.0, "token_count": len(enc.encode_ordinary(body)),
+            "score": None, "int_score": None,
+        })
+    payload = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows).encode()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
+        gz.write(payload)
+    print(f"wrote {args.out}: {len(rows)} chapters, {sum(r['token_count'] for r in rows):,} tokens")
+
+
+if __name__ == "__main__":
+    main()
