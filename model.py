@@ -115,7 +115,7 @@ class KroneckerEmbedding(nn.Module):
         P = pos_dim
 
         table = torch.zeros(vocab_size, P, dtype=torch.uint8)
-        lengths = torch.zeros(vocab_size, dtype=torch.long)
+        lengths = torch.zeros(vocab_size, dtype=torch.int16)
         for i in range(vocab_size):
             b = codec_bytes(token_bytes[i], P) if i < len(token_bytes) else b""
             if b:
@@ -134,17 +134,15 @@ class KroneckerEmbedding(nn.Module):
         self.register_buffer("bag_weight", a_w, persistent=False)
         self.register_buffer("mean_weight", mu_w, persistent=False)
 
-        # Slot indices for embedding_bag. Empty slots point at `pad_row`, a codec row no real token uses, which
-        # embedding_bag skips (padding_idx) in forward and backward. Fixed (N, P) shapes keep the path free of
-        # host syncs and graph breaks; measured as fast as ragged offsets on CPU (14 vs 13 ms, V=50k, P=16).
-        pos = torch.arange(P)
-        real = pos[None, :] < lengths[:, None]
-        slots = table.long() * P + pos[None, :]
+        # embedding_bag slots: empty ones point at `pad_row`, a codec row no real token uses, which embedding_bag
+        # skips (padding_idx) in forward and backward. Fixed (N, P) shapes keep the path free of host syncs and
+        # graph breaks; measured as fast as ragged offsets on CPU (14 vs 13 ms, V=50k, P=16). Slots are computed
+        # per call from the byte table rather than stored: a V x P int64 buffer would be 8x the bytes themselves.
+        real = torch.arange(P)[None, :] < lengths[:, None]
         used = torch.zeros(D, dtype=torch.bool)
-        used[slots[real]] = True
+        used[(table.long() * P + torch.arange(P))[real]] = True
         free = (~used).nonzero()
         self.pad_row = int(free[0]) if len(free) else None  # None -> ragged fallback (every codec row is used)
-        self.register_buffer("slots", torch.where(real, slots, self.pad_row or 0), persistent=False)
 
         if mode == "cached":
             self.register_buffer("codec_table", codec_dense(table, lengths), persistent=False)
@@ -162,13 +160,16 @@ class KroneckerEmbedding(nn.Module):
 
     def _sparse(self, ids: torch.Tensor) -> torch.Tensor:
         w = self.bag_weight[ids].to(self.proj.dtype)
+        pos = torch.arange(self.P, device=ids.device)
+        L = self.lengths[ids].long()
+        real = pos[None, :] < L[:, None]
+        slots = self.byte_table[ids].long() * self.P + pos  # codec row of each (byte, position)
         if self.pad_row is not None:
-            out = F.embedding_bag(self.slots[ids], self.proj, mode="sum", padding_idx=self.pad_row,
+            out = F.embedding_bag(slots.masked_fill(~real, self.pad_row), self.proj, mode="sum",
+                                  padding_idx=self.pad_row,
                                   per_sample_weights=w[:, None].expand(-1, self.P).contiguous())
         else:  # ragged: only the L real slots of each token
-            L = self.lengths[ids]
-            real = torch.arange(self.P, device=ids.device)[None, :] < L[:, None]
-            out = F.embedding_bag(self.slots[ids][real], self.proj, torch.cumsum(L, 0) - L, mode="sum",
+            out = F.embedding_bag(slots[real], self.proj, torch.cumsum(L, 0) - L, mode="sum",
                                   per_sample_weights=w[:, None].expand(-1, self.P)[real])
         # rank-1 correction for the mean; proj.sum(0) costs D*d once per call, not per token
         return out - self.mean_weight[ids].to(self.proj.dtype)[:, None] * self.proj.sum(0)[None, :]
@@ -199,7 +200,7 @@ class KroneckerEmbedding(nn.Module):
         table = torch.zeros(1, self.P, dtype=torch.uint8, device=self.proj.device)
         if b:
             table[0, :len(b)] = torch.tensor(list(b), dtype=torch.uint8)
-        lengths = torch.tensor([len(b)], device=self.proj.device)
+        lengths = torch.tensor([len(b)], dtype=torch.int16, device=self.proj.device)
         return (codec_dense(table, lengths, dtype=self.proj.dtype) @ self.proj)[0]
 
 
@@ -302,32 +303,10 @@ class GPT(nn.Module):
         tok_emb (B, T, d), optional: use these token embeddings instead of looking idx up (forced-OOV probes).
         return_hidden: also return the final hidden states (after ln_f), for probes.
         """
-        B, T = idx.shape
-        assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
-        wte = self.transformer.wte
-        table = None
-        if self.config.input_embedding == "kronecker_tied":
-            # one table per forward, shared by the input lookup and the output head: gradients from both uses
-            # meet in proj. Cost ~ V * L_mean * d, small next to the step (DESIGN / issue 9).
-            table = wte.full_table()
-            if tok_emb is None:
-                tok_emb = F.embedding(idx, table)
-        elif tok_emb is None:
-            tok_emb = wte(idx)
-        pos = torch.arange(T, device=idx.device)
-        x = self.transformer.drop(tok_emb + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
-        h = self.transformer.ln_f(x)
+        h, table = self.body(idx, tok_emb)
         if targets is None:
             h = h[:, [-1], :]
-        if table is not None:
-            # Tied to a codec table whose rows have norm ~sqrt(d) (z-normalised codec, N(0, 1/D) proj), so h E^T
-            # would start with logits of std ~sqrt(d) (initial loss ~50 at d=64). A fixed 1/sqrt(d) output scale,
-            # as T5 uses for its tied head, brings them to unit scale; it adds no parameter.
-            logits = F.linear(h, table) * self.config.n_embd ** -0.5
-        else:
-            logits = self.lm_head(h)
+        logits = self.head(h, table)
         loss = None
         if targets is not None:
             flat = logits.view(-1, logits.size(-1))
@@ -336,6 +315,36 @@ class GPT(nn.Module):
         if return_hidden:
             return logits, loss, h
         return logits, loss
+
+    def body(self, idx, tok_emb=None, table=None):
+        """Token + position embeddings through the blocks and ln_f: (hidden (B, T, d), codec table or None).
+        table: kronecker_tied only, a precomputed wte.full_table() to reuse (inference with frozen weights)."""
+        B, T = idx.shape
+        assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
+        wte = self.transformer.wte
+        if self.config.input_embedding == "kronecker_tied":
+            # one table per forward, shared by the input lookup and the output head: gradients from both uses
+            # meet in proj. Cost ~ V * L_mean * d, small next to the step (DESIGN / issue 9).
+            if table is None:
+                table = wte.full_table()
+            if tok_emb is None:
+                tok_emb = F.embedding(idx, table)
+        elif tok_emb is None:
+            tok_emb = wte(idx)
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(tok_emb + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.transformer.ln_f(x), table
+
+    def head(self, h, table=None):
+        """Hidden states -> logits over the vocabulary."""
+        if table is not None:
+            # Tied to a codec table whose rows have norm ~sqrt(d) (z-normalised codec, N(0, 1/D) proj), so h E^T
+            # would start with logits of std ~sqrt(d) (initial loss ~50 at d=64). A fixed 1/sqrt(d) output scale,
+            # as T5 uses for its tied head, brings them to unit scale; it adds no parameter.
+            return F.linear(h, table) * self.config.n_embd ** -0.5
+        return self.lm_head(h)
 
     # -- accounting --------------------------------------------------------------------------------------------
 

@@ -1,0 +1,71 @@
+"""Tokenization throughput: prepare_fineweb.py on the bundled sample (1 worker, all workers) vs a plain loop.
+
+    python bench/tokenize_bench.py [--reps 3] [--json PATH]
+
+The plain loop is the floor: one process, `encode_ordinary` per chapter, no shards written. prepare_fineweb.py adds
+the datasets streaming reader, shard writing and (with workers > 1) process-pool overhead, and gains the cores.
+"""
+import argparse
+import gzip
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import prepare_fineweb  # noqa: E402
+from tokenizer import get_encoding  # noqa: E402
+
+
+def plain_loop():
+    enc = get_encoding()
+    with gzip.open(prepare_fineweb.SAMPLE_PATH, "rt") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    t0 = time.perf_counter()
+    n = sum(len(enc.encode_ordinary(t)) + 1 for t in texts)
+    return n, time.perf_counter() - t0
+
+
+def prepare(workers):
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        meta = prepare_fineweb.prepare(prepare_fineweb.parse_args(
+            ["--source", "sample", "--out_dir", d, "--workers", str(workers), "--quiet"]))
+        dt = time.perf_counter() - t0
+    return meta["tokens"]["train"] + meta["tokens"]["val"], dt
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    cores = os.cpu_count()
+    cases = {"plain encode_ordinary loop (1 process)": plain_loop,
+             "prepare_fineweb.py --workers 1": lambda: prepare(1),
+             f"prepare_fineweb.py --workers {cores}": lambda: prepare(cores)}
+    times = {k: [] for k in cases}
+    tokens = {}
+    for _ in range(args.reps):  # interleaved
+        for name, fn in cases.items():
+            n, dt = fn()
+            tokens[name] = n
+            times[name].append(dt)
+    base = statistics.median(times["plain encode_ordinary loop (1 process)"])
+    rows = []
+    print(f"| method | tokens | seconds (median of {args.reps}) | tokens/s | × plain loop |\n|---|---|---|---|---|")
+    for name in cases:
+        t = statistics.median(times[name])
+        rows.append({"method": name, "tokens": tokens[name], "seconds": t, "tok_per_s": tokens[name] / t,
+                     "vs_plain": base / t})
+        print(f"| {name} | {tokens[name]:,} | {t:.2f} | {tokens[name] / t:,.0f} | {base / t:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""What the probes share: loading checkpoints train.py wrote, and writing JSON + markdown outputs."""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sample import resolve_checkpoint  # noqa: E402
+from train import CheckpointError, load_checkpoint  # noqa: E402
+
+
+class ProbeError(RuntimeError):
+    pass
+
+
+def load_models(paths, device="cpu"):
+    """[(label, model, ckpt)] for checkpoint files or run folders; label = arm (+ seed/step when ambiguous)."""
+    out = []
+    for p in paths:
+        path = resolve_checkpoint(p)
+        model, ckpt = load_checkpoint(path, device=device)
+        label = f"{model.config.input_embedding}_s{ckpt['config'].get('seed')}"
+        out.append((label, model, ckpt, str(path)))
+    labels = [o[0] for o in out]
+    return [(lab if labels.count(lab) == 1 else f"{lab}@{Path(path).parent.name}/{Path(path).stem}", m, c, path)
+            for (lab, m, c, path) in out]
+
+
+def write_outputs(result: dict, markdown: str, out_json):
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=1))
+    out_json.with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
+def run_main(main):
+    """One clear line for expected errors (bad files, bad checkpoints), exit code 2."""
+    try:
+        main()
+    except (ProbeError, CheckpointError) as e:
+        if "--debug" in sys.argv:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
