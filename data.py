@@ -147,7 +147,7 @@ class ShardLoader:
         buf = torch.from_numpy(tokens[w * self.window: (w + 1) * self.window + 1].astype(np.int64))
         if self.vocab_size is not None and int(buf.max()) >= self.vocab_size:
             raise DataError(f"shard {self.files[shard]} holds token id {int(buf.max())} >= vocab_size "
-                            f"{self.vocab_size}; the shard was made with another tokenizer -- regenerate it")
+                            f"{self.vocab_size}: made with another tokenizer; regenerate it with prepare_fineweb.py")
         self._advance()
         return buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
 

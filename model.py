@@ -44,8 +44,8 @@ class GPTConfig:
             raise ValueError(f"unknown kron_mode {self.kron_mode!r}; valid: {', '.join(KRON_MODES)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.kron_pos_dim < 1:
-            raise ValueError(f"kron_pos_dim must be >= 1, got {self.kron_pos_dim}")
+        if not 1 <= self.kron_pos_dim <= 255:
+            raise ValueError(f"kron_pos_dim must be in 1..255, got {self.kron_pos_dim}")
 
     @property
     def is_kronecker(self) -> bool:
@@ -115,7 +115,7 @@ class KroneckerEmbedding(nn.Module):
         P = pos_dim
 
         table = torch.zeros(vocab_size, P, dtype=torch.uint8)
-        lengths = torch.zeros(vocab_size, dtype=torch.int16)
+        lengths = torch.zeros(vocab_size, dtype=torch.uint8)  # L <= P <= 255 (gloo broadcasts uint8, not int16)
         for i in range(vocab_size):
             b = codec_bytes(token_bytes[i], P) if i < len(token_bytes) else b""
             if b:
@@ -200,7 +200,7 @@ class KroneckerEmbedding(nn.Module):
         table = torch.zeros(1, self.P, dtype=torch.uint8, device=self.proj.device)
         if b:
             table[0, :len(b)] = torch.tensor(list(b), dtype=torch.uint8)
-        lengths = torch.tensor([len(b)], dtype=torch.int16, device=self.proj.device)
+        lengths = torch.tensor([len(b)], dtype=torch.uint8, device=self.proj.device)
         return (codec_dense(table, lengths, dtype=self.proj.dtype) @ self.proj)[0]
 
 

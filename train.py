@@ -205,6 +205,23 @@ class Runtime:
         return torch.autocast(device_type=self.device_type, dtype=self.ptdtype)
 
 
+def init_distributed(backend, rank, world):
+    """Join the process group. Single-node torchrun restarts (--max-restarts) reuse the launcher's store, whose
+    keys still name the dead workers' addresses: gloo then times out connecting to them. Namespacing the keys
+    by restart attempt makes a restarted group find only its own members. (Multi-node: per-node restart counts
+    can differ, so the plain env:// path is used; recover there by resubmitting -- auto-resume does the rest.)"""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    single_node = os.environ.get("LOCAL_WORLD_SIZE") == str(world)
+    if attempt is None or not single_node:
+        dist.init_process_group(backend=backend)
+        return
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent_store)
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"nanokron/attempt{attempt}", store),
+                            rank=rank, world_size=world)
+
+
 def setup_runtime(cfg: TrainConfig) -> Runtime:
     """torchrun sets RANK/WORLD_SIZE: then join the process group (NCCL on CUDA, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -223,7 +240,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
         torch.set_float32_matmul_precision("high")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        init_distributed("nccl" if device.type == "cuda" else "gloo", rank, world)
     dtype = cfg.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
@@ -399,12 +416,17 @@ def read_checkpoint(path, map_location="cpu") -> dict:
 
 
 def latest_checkpoint(out_dir, log=print):
-    """The newest readable checkpoint; a corrupt newest one is skipped with a warning (kept on disk)."""
-    for path in reversed(list_checkpoints(out_dir)):
+    """The newest readable checkpoint; a corrupt newest one is skipped with a warning (kept on disk).
+    If checkpoints exist but none is readable, that is an error: starting over would overwrite the run."""
+    paths = list_checkpoints(out_dir)
+    for path in reversed(paths):
         try:
             return path, read_checkpoint(path)
         except CheckpointError as e:
             log(f"warning: {e}; falling back to the previous checkpoint")
+    if paths:
+        raise CheckpointError(f"no readable checkpoint in {out_dir} ({len(paths)} corrupt: "
+                              f"{', '.join(p.name for p in paths)}); move them away to start the run over")
     return None, None
 
 
@@ -442,6 +464,15 @@ def git_commit():
 # the training loop
 
 
+def _parse_row(line):
+    """One metrics.jsonl row, or None for a blank or torn line (a kill -9 in the middle of a write)."""
+    try:
+        row = json.loads(line)
+        return row if isinstance(row, dict) and "step" in row else None
+    except json.JSONDecodeError:
+        return None
+
+
 class Metrics:
     """metrics.jsonl (rank 0) + wandb with the same keys."""
 
@@ -451,9 +482,10 @@ class Metrics:
         if not master:
             return
         if resume_step is not None and self.path.exists():  # drop events after the checkpoint we resume from
-            rows = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(r + "\n" for r in rows))
+            rows = [r for r in map(_parse_row, self.path.read_text().splitlines()) if r and r["step"] <= resume_step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, self.path)
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         if cfg.wandb_mode != "disabled":
@@ -489,6 +521,8 @@ class StopFlag:
             signal.signal(s, self._handle)
 
     def _handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
         self.signum = signum
 
     def agreed(self, rt: Runtime) -> bool:
@@ -506,7 +540,7 @@ def prepare_out_dir(out_dir):
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"out_dir {out} is not writable ({e.strerror}); pass a writable --out_dir") from None
+        raise UserError(f"out_dir {out} is not writable ({e.strerror or e}); pass a writable --out_dir") from None
 
 
 def train(cfg: TrainConfig):
@@ -514,9 +548,11 @@ def train(cfg: TrainConfig):
     stop = StopFlag()
     out_dir = Path(cfg.out_dir)
     log = (lambda *a: print(*a, flush=True)) if rt.master else (lambda *a: None)
+    accum = grad_accum_steps(cfg, rt.world)
     if rt.master:
         prepare_out_dir(out_dir)
-    accum = grad_accum_steps(cfg, rt.world)
+        for stale in out_dir.glob("ckpt_*.pt.tmp"):  # a save interrupted by kill -9: never a checkpoint
+            stale.unlink()
 
     # data first: bad data must fail before anything is written
     loader = ShardLoader(cfg.data_dir, "train", cfg.batch_size, cfg.block_size, rt.rank, rt.world,

@@ -72,7 +72,7 @@ def codec_table(P):
     """The untrained codec x(t) for the real vocabulary, (V, 256 P) float32."""
     tb = token_bytes(REAL_VOCAB)
     table = torch.zeros(REAL_VOCAB, P, dtype=torch.uint8)
-    lengths = torch.zeros(REAL_VOCAB, dtype=torch.int16)
+    lengths = torch.zeros(REAL_VOCAB, dtype=torch.uint8)
     for i, raw in enumerate(tb):
         b = codec_bytes(raw, P)
         table[i, :len(b)] = torch.tensor(list(b), dtype=torch.uint8)

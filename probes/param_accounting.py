@@ -85,7 +85,7 @@ def markdown(res):
                  f"{r['sparse_weights_bytes'] / 1e6:.2f} MB | {r['table_fp32_bytes'] / 1e9:.2f} GB | "
                  f"{r['table_2byte_bytes'] / 1e9:.2f} GB |")
     L += ["", "Paper: \"4.5 MB byte buffer instead of a 2.15 GB table at V=131,072\" — the 2-byte table column at "
-          "P=32; our byte buffer is V×P uint8 plus int16 lengths (the sparse mode adds two float64 weights per "
+          "P=32; our byte buffer is V×P uint8 plus uint8 lengths (the sparse mode adds two float64 weights per "
           "token)."]
     return "\n".join(L) + "\n"
 

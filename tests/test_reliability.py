@@ -1,0 +1,220 @@
+"""Crash safety (kill -9, SIGTERM, non-finite loss) and the bad-input matrix of train.py."""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import train
+from conftest import ROOT, run_train
+from data import write_shard
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import kill_test  # noqa: E402
+
+
+def rows(metrics, key):
+    return {r["step"]: r[key] for r in metrics if key in r}
+
+
+# -- kill -9 and SIGTERM ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arm,nproc", [("kronecker", 1), ("bpe_tied", 1), ("kronecker", 2), ("bpe_tied", 2)])
+def test_sigkill_then_resume_matches_uninterrupted(smoke_runs, sample_dir, tmp_path, arm, nproc):
+    _, straight = smoke_runs[arm]  # configs/smoke.py, 1 rank x batch 4: the same tokens as 2 ranks x batch 2
+    overrides = [f"--data_dir={sample_dir}", f"--input_embedding={arm}", "--ckpt_interval=2",
+                 f"--batch_size={4 // nproc}"]
+    kill_steps = [5] if nproc == 1 else [7]
+    resumed = kill_test.killed_run(ROOT / "configs/smoke.py", tmp_path / "run", overrides, nproc, kill_steps)
+    same, diff = kill_test.compare((rows(straight, "train_loss"), rows(straight, "val_loss")), resumed)
+    assert same and diff <= 1e-4
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_sigterm_checkpoints_and_resumes(smoke_runs, sample_dir, tmp_path):
+    out = tmp_path / "term"
+    cmd = [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/smoke.py"), f"--data_dir={sample_dir}",
+           f"--out_dir={out}", "--input_embedding=kronecker", "--ckpt_interval=1000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while kill_test.last_step(out) < 3:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "checkpoint written at step" in stdout
+    ckpts = sorted(out.glob("ckpt_*.pt"))
+    assert len(ckpts) == 1 and 3 <= int(ckpts[0].stem.split("_")[1]) < 20  # mid-run, not at the end
+    resumed = run_train(out, sample_dir, "--input_embedding=kronecker", "--ckpt_interval=1000")
+    _, straight = smoke_runs["kronecker"]
+    assert max(abs(rows(straight, "val_loss")[s] - rows(resumed, "val_loss")[s]) for s in (0, 10, 20)) <= 1e-4
+
+
+def test_corrupt_latest_checkpoint_falls_back(smoke_runs, sample_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(smoke_runs["bpe_tied"][0], out)
+    (out / "ckpt_0000020.pt").write_bytes(b"garbage")
+    path, ckpt = train.latest_checkpoint(out)
+    assert path.name == "ckpt_0000010.pt" and ckpt["step"] == 10
+    assert "falling back" in capsys.readouterr().out
+
+
+# -- non-finite loss -------------------------------------------------------------------------------------------
+
+def _poison(monkeypatch, at_call):
+    real, calls = train.forward_backward, []
+
+    def poisoned(*args):
+        calls.append(1)
+        loss = real(*args)
+        return loss * float("nan") if len(calls) == at_call else loss
+    monkeypatch.setattr(train, "forward_backward", poisoned)
+
+
+def test_nonfinite_loss_stops_without_touching_the_last_checkpoint(sample_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "nan"
+    run_train(out, sample_dir, "--max_steps=6", "--ckpt_interval=3")
+    digest = hashlib.sha256((out / "ckpt_0000006.pt").read_bytes()).hexdigest()
+    _poison(monkeypatch, at_call=2)
+    with pytest.raises(SystemExit) as e:
+        run_train(out, sample_dir, "--max_steps=12", "--ckpt_interval=3")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite loss or gradient norm at step 8" in err[0] and "ckpt_0000006.pt" in err[0]
+    assert sorted(p.name for p in out.glob("ckpt_*.pt")) == ["ckpt_0000003.pt", "ckpt_0000006.pt"]
+    assert hashlib.sha256((out / "ckpt_0000006.pt").read_bytes()).hexdigest() == digest
+
+
+def test_nonfinite_loss_can_skip_the_step(sample_dir, tmp_path, monkeypatch):
+    _poison(monkeypatch, at_call=3)
+    metrics = run_train(tmp_path / "skip", sample_dir, "--max_steps=6", "--nonfinite=skip")
+    assert rows(metrics, "skipped_steps") == {3: 1}
+    assert sorted(rows(metrics, "train_loss")) == [1, 2, 4, 5, 6]
+    assert all(np.isfinite(v) for v in rows(metrics, "val_loss").values())
+
+
+# -- bad input: one line, exit 2, no traceback, nothing changed -------------------------------------------------
+
+def snapshot(*dirs):
+    out = {}
+    for d in dirs:
+        for p in sorted(Path(d).rglob("*")) if Path(d).exists() else []:
+            if p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def bad_data(sample_dir, tmp_path):
+    """Copies of the sample shards with one defect each."""
+    def make(defect):
+        d = tmp_path / f"data_{defect}"
+        shutil.copytree(sample_dir, d)
+        train_shard = next(d.glob("*train*.bin"))
+        raw = bytearray(train_shard.read_bytes())
+        if defect == "magic":
+            raw[0:4] = np.int32(1234).tobytes()
+        elif defect == "version":
+            raw[4:8] = np.int32(2).tobytes()
+        elif defect == "truncated":
+            raw = raw[: len(raw) // 2]
+        elif defect == "vocab":
+            toks = np.frombuffer(bytes(raw[1024:]), dtype=np.uint16).copy()
+            toks[10] = 60000
+            write_shard(train_shard, toks)
+            return d
+        train_shard.write_bytes(bytes(raw))
+        return d
+    return make
+
+
+CASES = {
+    "unknown key": (["--learnig_rate=1"], "unknown config key 'learnig_rate'; did you mean 'learning_rate'?"),
+    "bad value": (["--max_steps=abc"], "bad value 'abc' for max_steps: expected int"),
+    "bad bool": (["--shuffle=maybe"], "bad value 'maybe' for shuffle: expected true or false"),
+    "unknown arm": (["--input_embedding=kron"], "choose one of bpe_tied, kronecker, bpe_untied"),
+    "unknown mode": (["--kron_mode=fast"], "choose one of sparse, dynamic, cached"),
+    "batch not divisible": (["--total_batch_size=300"], "not divisible by batch_size x block_size x world"),
+    "val too small": (["--batch_size=64", "--block_size=1024", "--total_batch_size=65536"], "'val' shards"),
+    "missing data dir": (["--data_dir=/nonexistent/nanokron"], "does not exist"),
+    "bad shape": (["--n_head=5"], "not divisible by n_head"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_arguments(case, sample_dir, tmp_path, capsys):
+    argv, message = CASES[case]
+    out = tmp_path / "out"
+    before = snapshot(sample_dir)
+    with pytest.raises(SystemExit) as e:
+        train.main([str(ROOT / "configs/smoke.py"), f"--data_dir={sample_dir}", f"--out_dir={out}", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert snapshot(sample_dir) == before and snapshot(out) == {}
+
+
+@pytest.mark.parametrize("defect,message", [("magic", "has magic 1234"), ("version", "has version 2"),
+                                            ("truncated", "truncated or corrupt"), ("vocab", "token id 60000")])
+def test_bad_shards(bad_data, tmp_path, capsys, defect, message):
+    data = bad_data(defect)
+    before = snapshot(data)
+    with pytest.raises(SystemExit):
+        train.main([str(ROOT / "configs/smoke.py"), f"--data_dir={data}", f"--out_dir={tmp_path / 'o'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "prepare_fineweb.py" in err[0], err
+    assert snapshot(data) == before
+
+
+def test_empty_data_dir_and_missing_config(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for argv, message in [([str(ROOT / "configs/smoke.py"), f"--data_dir={tmp_path / 'empty'}"], "no 'train' shards"),
+                          (["configs/nope.py"], "config file configs/nope.py not found; available in configs/: "),
+                          ([str(ROOT / "configs/smoke.py"), f"--out_dir={ROOT / 'train.py'}/x"], "is not writable")]:
+        with pytest.raises(SystemExit):
+            train.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("override,what", [("--input_embedding=bpe_tied", "input_embedding"),
+                                           ("--kron_pos_dim=8", "kron_pos_dim"),
+                                           ("--vocab_size=50320", "vocab_size"), ("--n_layer=3", "n_layer")])
+def test_resume_with_another_model_is_refused(smoke_runs, sample_dir, tmp_path, capsys, override, what):
+    out = tmp_path / "run"
+    shutil.copytree(smoke_runs["kronecker"][0], out)
+    before = snapshot(out)
+    with pytest.raises(SystemExit):
+        train.main([str(ROOT / "configs/smoke.py"), f"--data_dir={sample_dir}", f"--out_dir={out}",
+                    "--input_embedding=kronecker", "--max_steps=30", override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot resume" in err[0] and what in err[0], err
+    assert snapshot(out) == before
+
+
+def test_all_checkpoints_corrupt_is_an_error(smoke_runs, sample_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(smoke_runs["bpe_tied"][0], out)
+    for p in out.glob("ckpt_*.pt"):
+        p.write_bytes(b"not a checkpoint")
+    before = snapshot(out)
+    with pytest.raises(SystemExit):
+        train.main([str(ROOT / "configs/smoke.py"), f"--data_dir={sample_dir}", f"--out_dir={out}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no readable checkpoint" in err[-1] and "move them away" in err[-1]
+    assert snapshot(out) == before
+
+
+def test_cli_error_has_no_traceback_and_debug_shows_it(tmp_path):
+    cmd = [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/smoke.py"), "--warmup_step=3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: unknown config key 'warmup_step'; did you mean 'warmup_steps'?"
+    proc = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
