@@ -14,5 +14,5 @@ for arm in bpe_tied kronecker; do
     --max_steps="$STEPS" --eval_interval=20 --norm_interval=20 --log_interval=20 --ckpt_interval="$STEPS"
 done
 python scripts/make_tables.py "$OUT" --out "$OUT" --title "Quickstart: bpe_tied vs kronecker, $STEPS steps on the Austen sample" \
-  | sed -n '/## Final validation loss/,/^$/p;/## Paired/,/^| kronecker vs/p'
+  | awk '/^## Final/{show=1} /^## Embedding/{show=0} show'
 echo "curves: $OUT/val_loss.png $OUT/train_loss.png $OUT/norms.png | full table: $OUT/loss_table.md"
