@@ -131,23 +131,32 @@ def _parse_value(name, raw, typ):
         raise UserError(f"bad value {raw!r} for {name}: expected {typ.__name__}") from None
 
 
+def read_config_file(path: Path, fields, depth=0) -> dict:
+    """The `key = value` lines of a config file. `base = "other.py"` (relative to the file) loads that file first,
+    so a config can restate only what differs from a recipe."""
+    if not path.is_file():
+        known = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
+        raise UserError(f"config file {path} not found; available in configs/: {', '.join(known)}")
+    own = {k: v for k, v in runpy.run_path(str(path)).items()
+           if not (k.startswith("_") or callable(v) or type(v).__name__ == "module")}
+    values = {}
+    if "base" in own:
+        if depth > 8:
+            raise UserError(f"config {path}: 'base' chain too deep (a cycle?)")
+        values = read_config_file(path.parent / own.pop("base"), fields, depth + 1)
+    for k, v in own.items():
+        if k not in fields:
+            raise UserError(f"unknown config key '{k}' in {path}{_closest(k, fields)}")
+        values[k] = v
+    return values
+
+
 def load_config(argv) -> TrainConfig:
     """`CONFIG_FILE [--key=value ...]` (a config file is optional) -> a validated TrainConfig."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     types = typing.get_type_hints(TrainConfig)
-    values = {}
     args = list(argv)
-    if args and not args[0].startswith("--"):
-        path = Path(args.pop(0))
-        if not path.is_file():
-            known = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
-            raise UserError(f"config file {path} not found; available in configs/: {', '.join(known)}")
-        for k, v in runpy.run_path(str(path)).items():
-            if k.startswith("_") or callable(v) or type(v).__name__ == "module":
-                continue
-            if k not in fields:
-                raise UserError(f"unknown config key '{k}' in {path}{_closest(k, fields)}")
-            values[k] = v
+    values = read_config_file(Path(args.pop(0)), fields) if args and not args[0].startswith("--") else {}
     for a in args:
         if not a.startswith("--") or "=" not in a:
             raise UserError(f"bad argument {a!r}: overrides are --key=value (e.g. --max_steps=100)")

@@ -94,8 +94,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="OUT.json (OUT.md beside it); default: print only")
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
-    res = run()
+    with torch.no_grad():
+        res = run()
     if args.out:
         write_outputs(res, markdown(res), args.out)
     else:

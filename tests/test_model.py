@@ -210,3 +210,17 @@ def test_sample_next_top_p_and_greedy():
     assert draws == {7}
     draws = {sample_next(logits, 1.0, top_p=0.99, generator=g).item() for _ in range(50)}
     assert draws == {7, 9}
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_every_arm_traces_without_graph_breaks(arm):
+    """torch.compile(fullgraph=True) raises on any graph break; the 'eager' backend checks tracing only (fast)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(input_embedding=arm, **TINY))
+    idx, tgt = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    _, loss = compiled(idx, tgt)
+    loss.backward()
+    _, eager_loss = model(idx, tgt)
+    assert torch.allclose(loss, eager_loss)

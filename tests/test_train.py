@@ -113,6 +113,8 @@ def test_config_files_and_overrides_are_typed():
     assert cfg.total_batch_size == 524288 and cfg.block_size == 1024 and cfg.warmup_steps == 715
     assert cfg.max_steps == 1000 and cfg.learning_rate == 1e-3 and cfg.shuffle is True
     assert cfg.input_embedding == "kronecker" and cfg.compile == "false"
+    big = train.load_config([str(ROOT / "configs/gpt2_350m.py")])  # base = "gpt2_124m.py", then its own keys
+    assert (big.n_layer, big.n_embd, big.warmup_steps, big.total_batch_size) == (24, 1024, 715, 524288)
     for name in ("gpt2_350m", "gpt2_774m", "cpu_tiny", "smoke"):
         c = train.load_config([str(ROOT / f"configs/{name}.py")])
         assert c.n_embd % c.n_head == 0
