@@ -607,13 +607,13 @@ def train(cfg: TrainConfig):
     if step == 0:
         metrics.log(0, params=n_params, input_params=n_input, tokens=0)
 
-    def save(step):
-        loaders = [loader.state_dict()]
+    def save(step, loader_state):
+        loaders = [loader_state]
         rngs = [{"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                  "cuda": torch.cuda.get_rng_state(rt.device) if rt.device_type == "cuda" else None}]
         if rt.ddp:
             loaders, rngs = [None] * rt.world, [None] * rt.world
-            dist.all_gather_object(loaders, loader.state_dict())
+            dist.all_gather_object(loaders, loader_state)
             dist.all_gather_object(rngs, {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                                           "python": random.getstate(), "cuda": torch.cuda.get_rng_state(rt.device)
                                           if rt.device_type == "cuda" else None})
@@ -650,10 +650,17 @@ def train(cfg: TrainConfig):
     model.train()
     t_last = time.time()
     interrupted = False
+    def fetch():  # one optimizer step's micro-batches, copied to the device without blocking
+        return [tuple(to_device(t, rt) for t in loader.next_batch()) for _ in range(accum)]
+
+    batches = fetch()
     while step < cfg.max_steps:
         lr = get_lr(step, cfg)
-        batches = [tuple(to_device(t, rt) for t in loader.next_batch()) for _ in range(accum)]
         loss = forward_backward(model, batches, rt)
+        # Prefetch the next step's data while the GPU is still busy with this one; the checkpoint keeps the
+        # position *before* the prefetch, so a resume re-reads exactly these windows.
+        loader_state = loader.state_dict()
+        batches = fetch() if step + 1 < cfg.max_steps else None
         if rt.ddp:
             dist.all_reduce(loss, op=dist.ReduceOp.SUM)
             loss = loss / rt.world
@@ -686,7 +693,7 @@ def train(cfg: TrainConfig):
         eval_and_norms(step, final)
         interrupted = stop.agreed(rt)
         if step % cfg.ckpt_interval == 0 or final or interrupted:
-            save(step)
+            save(step, loader_state)
         if interrupted:
             say(f"signal {stop.signum}: checkpoint written at step {step}; rerun the same command to resume")
             break

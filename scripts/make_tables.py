@@ -194,10 +194,13 @@ def plots(runs, out):
     axes[0].set_ylabel("val loss (nats)")
     axes[0].legend()
     band(axes[1], "val_loss")
-    finals = [v for by in runs.values() for rows in by.values() for _, v in series(rows, "val_loss")[-1:]]
-    axes[1].set_ylim(min(finals) - 0.1, max(finals) + 0.6)
+    means = sorted(statistics.fmean(series(rows, "val_loss")[-1][1] for rows in by.values()) for by in runs.values())
+    top, note = means[-1] + 0.3, ""
+    if len(means) >= 3 and means[-1] > means[-2] + 1.0:  # one arm far above the rest: keep the others readable
+        top, note = means[-2] + 0.5, " (the highest arm is off-scale)"
+    axes[1].set_ylim(means[0] - 0.15, top)
     axes[1].set_xlim(left=max(0.0, axes[1].get_xlim()[1] * 0.4))
-    axes[1].set_title("val loss, zoom on the end")
+    axes[1].set_title("val loss, zoom on the end" + note)
     fig.tight_layout()
     fig.savefig(out / "val_loss.png", dpi=110)
     plt.close(fig)
@@ -250,7 +253,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs)
-    title = args.title or f"Comparison: {Path(args.runs_dir).resolve().name}"
+    where = Path(args.runs_dir).resolve()
+    title = args.title or f"Comparison: {where.parent.name if where.name == 'runs' else where.name}"
     (out / "loss_table.md").write_text(markdown(summary, title))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     if not args.no_plots:
