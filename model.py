@@ -171,8 +171,9 @@ class KroneckerEmbedding(nn.Module):
         else:  # ragged: only the L real slots of each token
             out = F.embedding_bag(slots[real], self.proj, torch.cumsum(L, 0) - L, mode="sum",
                                   per_sample_weights=w[:, None].expand(-1, self.P)[real])
-        # rank-1 correction for the mean; proj.sum(0) costs D*d once per call, not per token
-        return out - self.mean_weight[ids].to(self.proj.dtype)[:, None] * self.proj.sum(0)[None, :]
+        # rank-1 correction for the mean, as one fused outer-product update (its backward is a single GEMV);
+        # proj.sum(0) costs D*d once per call, not per token
+        return torch.addr(out, self.mean_weight[ids].to(out.dtype), self.proj.sum(0).to(out.dtype), alpha=-1)
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """(N,) ids -> (N, d) embeddings in the configured mode."""
@@ -342,8 +343,9 @@ class GPT(nn.Module):
         if table is not None:
             # Tied to a codec table whose rows have norm ~sqrt(d) (z-normalised codec, N(0, 1/D) proj), so h E^T
             # would start with logits of std ~sqrt(d) (initial loss ~50 at d=64). A fixed 1/sqrt(d) output scale,
-            # as T5 uses for its tied head, brings them to unit scale; it adds no parameter.
-            return F.linear(h, table) * self.config.n_embd ** -0.5
+            # as T5 uses for its tied head, brings them to unit scale; it adds no parameter. (Scaling h, not the
+            # B x T x V logits, keeps it off the largest tensor of the step.)
+            return F.linear(h * self.config.n_embd ** -0.5, table)
         return self.lm_head(h)
 
     # -- accounting --------------------------------------------------------------------------------------------

@@ -20,20 +20,23 @@ import prepare_fineweb  # noqa: E402
 from tokenizer import get_encoding  # noqa: E402
 
 
-def plain_loop():
-    enc = get_encoding()
+def sample_texts():
     with gzip.open(prepare_fineweb.SAMPLE_PATH, "rt") as f:
-        texts = [json.loads(line)["text"] for line in f]
+        return [json.loads(line)["text"] for line in f]
+
+
+def plain_loop(texts):
+    enc = get_encoding()
     t0 = time.perf_counter()
     n = sum(len(enc.encode_ordinary(t)) + 1 for t in texts)
     return n, time.perf_counter() - t0
 
 
-def prepare(workers):
+def prepare(workers, source):
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         meta = prepare_fineweb.prepare(prepare_fineweb.parse_args(
-            ["--source", "sample", "--out_dir", d, "--workers", str(workers), "--quiet"]))
+            ["--source", source, "--out_dir", d, "--workers", str(workers), "--quiet", "--val_tokens", "0"]))
         dt = time.perf_counter() - t0
     return meta["tokens"]["train"] + meta["tokens"]["val"], dt
 
@@ -42,11 +45,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="tokenize the sample N times over (a local jsonl), so pool start-up is amortised")
     args = ap.parse_args(argv)
     cores = os.cpu_count()
-    cases = {"plain encode_ordinary loop (1 process)": plain_loop,
-             "prepare_fineweb.py --workers 1": lambda: prepare(1),
-             f"prepare_fineweb.py --workers {cores}": lambda: prepare(cores)}
+    texts = sample_texts() * args.repeat
+    tmp = tempfile.TemporaryDirectory()
+    source = "sample"
+    if args.repeat > 1:
+        source = str(Path(tmp.name) / "repeated.jsonl")
+        Path(source).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    cases = {"plain encode_ordinary loop (1 process)": lambda: plain_loop(texts),
+             "prepare_fineweb.py --workers 1": lambda: prepare(1, source),
+             f"prepare_fineweb.py --workers {cores}": lambda: prepare(cores, source)}
     times = {k: [] for k in cases}
     tokens = {}
     for _ in range(args.reps):  # interleaved
@@ -56,7 +67,8 @@ def main(argv=None):
             times[name].append(dt)
     base = statistics.median(times["plain encode_ordinary loop (1 process)"])
     rows = []
-    print(f"| method | tokens | seconds (median of {args.reps}) | tokens/s | × plain loop |\n|---|---|---|---|---|")
+    print(f"sample x {args.repeat}\n| method | tokens | seconds (median of {args.reps}) | tokens/s | × plain loop |\n"
+          f"|---|---|---|---|---|")
     for name in cases:
         t = statistics.median(times[name])
         rows.append({"method": name, "tokens": tokens[name], "seconds": t, "tok_per_s": tokens[name] / t,

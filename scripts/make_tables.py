@@ -124,7 +124,7 @@ def summarize(runs):
 
 def _pm(ms, fmt="{:.4f}"):
     m, s = ms
-    return "n/a" if m is None else f"{fmt.format(m)} ± {fmt.format(s)}"
+    return "n/a" if m is None else f"{fmt.format(m)} ± {fmt.replace('+', '').format(s)}"
 
 
 def markdown(summary, title):
