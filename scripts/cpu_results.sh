@@ -22,9 +22,11 @@ python probes/generation.py --checkpoints $CK --out "$R/probes/generation.json"
 python probes/geometry.py --checkpoints $CK --out "$R/probes/geometry.json"
 python probes/param_accounting.py --out results/param_accounting.json
 
-# 3. benchmarks (run on a quiet machine: they time things)
+# 3. benchmarks (run on a quiet machine: they time things). Raw tables go to *.txt; the committed *.md add the
+#    command, commit, machine and a note.
 mkdir -p results/bench
 python bench/embedding.py --json results/bench/embedding.json | tee results/bench/embedding.txt
 python bench/train_step.py configs/cpu_tiny.py --steps 15 --warmup 3 --kron_modes sparse,dynamic,cached \
   --json results/bench/train_step_cpu.json | tee results/bench/train_step_cpu.txt
 python bench/tokenize_bench.py --json results/bench/tokenize.json | tee results/bench/tokenize.txt
+python bench/tokenize_bench.py --repeat 10 --json results/bench/tokenize_x10.json | tee results/bench/tokenize_x10.txt
