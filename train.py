@@ -86,10 +86,8 @@ class TrainConfig:
     wandb_group: str = ""  # experiment name
 
     def model_config(self) -> GPTConfig:
-        return GPTConfig(block_size=self.block_size, vocab_size=self.vocab_size, n_layer=self.n_layer,
-                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
-                         input_embedding=self.input_embedding, kron_pos_dim=self.kron_pos_dim,
-                         kron_mode=self.kron_mode)
+        """The GPTConfig fields, taken from this config (they share names)."""
+        return GPTConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GPTConfig)})
 
 
 CHOICES = {"input_embedding": ARMS, "kron_mode": KRON_MODES, "nonfinite": ("stop", "skip"),

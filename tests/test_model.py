@@ -224,3 +224,19 @@ def test_every_arm_traces_without_graph_breaks(arm):
     loss.backward()
     _, eager_loss = model(idx, tgt)
     assert torch.allclose(loss, eager_loss)
+
+
+@pytest.mark.parametrize("mode", ["sparse", "dynamic", "cached"])
+def test_kronecker_tied_in_every_mode_and_under_bf16_autocast(mode):
+    torch.manual_seed(0)
+    ref = GPT(GPTConfig(input_embedding="kronecker_tied", **TINY))
+    model = GPT(GPTConfig(input_embedding="kronecker_tied", kron_mode=mode, **TINY))
+    model.load_state_dict(ref.state_dict())
+    idx, tgt = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
+    _, loss32 = model(idx, tgt)
+    assert abs(loss32.item() - ref(idx, tgt)[1].item()) < 1e-4  # the modes agree inside the full model
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss16 = model(idx, tgt)
+    loss16.backward()
+    assert loss16.dtype == torch.float32 and abs(loss16.item() - loss32.item()) < 0.1
+    assert torch.isfinite(model.transformer.wte.proj.grad).all()

@@ -40,18 +40,19 @@ def test_every_arm_trains_and_logs(smoke_runs, arm):
     assert ckpt["tokenizer_sha256"].startswith("306cd27f")
 
 
-def test_resume_10_then_20_equals_20_straight(smoke_runs, sample_dir, tmp_path):
-    _, straight = smoke_runs["kronecker"]
+@pytest.mark.parametrize("arm", ARMS)
+def test_resume_10_then_20_equals_20_straight(smoke_runs, sample_dir, tmp_path, arm):
+    _, straight = smoke_runs[arm]
     out = tmp_path / "resumed"
-    run_train(out, sample_dir, "--input_embedding=kronecker", "--max_steps=10", "--lr_decay_steps=20")
-    resumed = run_train(out, sample_dir, "--input_embedding=kronecker", "--max_steps=20", "--lr_decay_steps=20")
+    run_train(out, sample_dir, f"--input_embedding={arm}", "--max_steps=10", "--lr_decay_steps=20")
+    resumed = run_train(out, sample_dir, f"--input_embedding={arm}", "--max_steps=20", "--lr_decay_steps=20")
     for key in ("train_loss", "val_loss"):
         a, b = rows(straight, key), rows(resumed, key)
         assert sorted(a) == sorted(b)
         assert max(abs(a[s] - b[s]) for s in a) <= 1e-4
     # re-running a finished run changes nothing
     before = (out / "metrics.jsonl").read_text()
-    run_train(out, sample_dir, "--input_embedding=kronecker", "--max_steps=20", "--lr_decay_steps=20")
+    run_train(out, sample_dir, f"--input_embedding={arm}", "--max_steps=20", "--lr_decay_steps=20")
     assert (out / "metrics.jsonl").read_text() == before
 
 
@@ -66,11 +67,12 @@ def test_accumulation_equals_one_big_batch(sample_dir, tmp_path):
     assert max((pa[k] - pb[k]).abs().max().item() for k in pa) < 1e-5
 
 
-def test_torchrun_two_ranks_on_gloo(sample_dir, tmp_path):
+@pytest.mark.parametrize("arm", ["kronecker", "kronecker_tied"])
+def test_torchrun_two_ranks_on_gloo(sample_dir, tmp_path, arm):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "train.py"), str(ROOT / "configs/smoke.py"), f"--data_dir={sample_dir}", f"--out_dir={out}",
-           "--input_embedding=kronecker", "--batch_size=2", "--max_steps=3", "--eval_interval=3"]
+           f"--input_embedding={arm}", "--batch_size=2", "--max_steps=3", "--eval_interval=3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -79,7 +81,7 @@ def test_torchrun_two_ranks_on_gloo(sample_dir, tmp_path):
     ckpt = torch.load(out / "ckpt_0000003.pt", weights_only=False)
     assert ckpt["world_size"] == 2 and len(ckpt["loader"]) == 2
     # 2 ranks x batch 2 sees the same tokens as 1 rank x batch 4: same update
-    single = run_train(tmp_path / "one", sample_dir, "--input_embedding=kronecker", "--batch_size=4",
+    single = run_train(tmp_path / "one", sample_dir, f"--input_embedding={arm}", "--batch_size=4",
                        "--max_steps=3", "--eval_interval=3")
     a, b = rows(metrics, "train_loss"), rows(single, "train_loss")
     assert max(abs(a[s] - b[s]) for s in a) < 1e-4
