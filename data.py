@@ -162,10 +162,6 @@ class ShardLoader:
                 self._set_epoch(self.epoch + 1)
                 self._tokens_index = None  # window order depends on the epoch
 
-    def __iter__(self):
-        while True:
-            yield self.next_batch()
-
     def reset(self):
         self.shard_cursor, self.window_cursor = 0, 0
         self._set_epoch(0)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from data import DataError, read_header, shard_is_valid, write_shard
-from tokenizer import EOT, get_encoding, ranks_sha256
+from tokenizer import EOT, RANKS_SHA256, get_encoding
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_PATH = ROOT / "data" / "sample" / "austen.jsonl.gz"
@@ -149,7 +149,7 @@ def prepare(args):
     src_name = args.source[0] if len(args.source) == 1 and args.source[0] in ("sample", "fineweb-edu") else "local"
     identity = {"source": args.source if src_name == "local" else src_name,
                 "name": args.name if src_name == "fineweb-edu" else None,
-                "text_column": args.text_column, "tokenizer_sha256": ranks_sha256(),
+                "text_column": args.text_column, "tokenizer_sha256": RANKS_SHA256,
                 "val_tokens": args.val_tokens, "shard_tokens": args.shard_tokens, "max_tokens": args.max_tokens}
     if out_dir.exists() and not out_dir.is_dir():
         raise PrepareError(f"--out_dir {out_dir} is a file; pass a folder")
@@ -257,7 +257,7 @@ def prepare(args):
     meta = {
         "identity": identity, "source": identity["source"], "dataset": HUB_DATASET if src_name == "fineweb-edu"
         else None, "name": identity["name"], "tokenizer": "gpt2 (tiktoken r50k_base)",
-        "tokenizer_sha256": ranks_sha256(), "format": "llm.c .bin: 256 x int32 header (20240520, 1, count), uint16",
+        "tokenizer_sha256": RANKS_SHA256, "format": "llm.c .bin: 256 x int32 header (20240520, 1, count), uint16",
         "documents": {"train": train_docs, "val": progress["val_docs"]},
         "tokens": {"train": train_total, "val": read_header(out_dir / val_file)},
         "shards": [val_file] + [r["file"] for r in kept],

@@ -50,10 +50,6 @@ def get_encoding(path: str | None = None) -> tiktoken.Encoding:
                              special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=N_VOCAB)
 
 
-def ranks_sha256() -> str:
-    return RANKS_SHA256
-
-
 @functools.lru_cache(maxsize=4)
 def token_bytes(vocab_size: int = 50304) -> tuple:
     """Raw bytes of every id in [0, vocab_size); ids >= 50257 (padding) are b"".

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from data import DataError, ShardLoader, val_batches
 from model import ARMS, GPT, GPTConfig, KRON_MODES, REAL_VOCAB
-from tokenizer import TokenizerFileError, ranks_sha256
+from tokenizer import RANKS_SHA256, TokenizerFileError
 
 ROOT = Path(__file__).resolve().parent
 
@@ -309,18 +309,18 @@ def forward_backward(model, batches, rt: Runtime):
     return loss_sum / n
 
 
-def optimizer_step(raw_model, optimizer, lr: float, grad_clip: float, skip_nonfinite: bool, loss):
-    """Clip, check finiteness (one host sync per step), step. Returns (grad_norm float, stepped bool)."""
+def optimizer_step(raw_model, optimizer, lr: float, grad_clip: float, loss):
+    """Clip, read loss and grad norm in one host sync, step only if both are finite.
+    Returns (loss, grad_norm, finite) as Python numbers."""
     norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-    finite = bool(torch.isfinite(norm) & torch.isfinite(loss))
-    if finite or not skip_nonfinite:
-        if finite:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
+    loss_f, norm_f = torch.stack([loss.detach().float(), norm.float()]).tolist()
+    finite = math.isfinite(loss_f) and math.isfinite(norm_f)
+    if finite:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm), finite
-
+    return loss_f, norm_f, finite
 
 
 @torch.no_grad()
@@ -455,7 +455,7 @@ def check_resume_compatible(ckpt, cfg: TrainConfig, path):
     if diff:
         raise CheckpointError(f"cannot resume {path} with another model ({'; '.join(diff)}); use a new out_dir "
                               f"or the original settings")
-    if ckpt.get("tokenizer_sha256") != ranks_sha256():
+    if ckpt.get("tokenizer_sha256") != RANKS_SHA256:
         raise CheckpointError(f"checkpoint {path} was trained with another tokenizer; use a new out_dir")
 
 
@@ -532,11 +532,9 @@ class StopFlag:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
         self.signum = signum
 
-    def agreed(self, rt: Runtime) -> bool:
-        flag = torch.tensor([1.0 if self.signum else 0.0], device=rt.device)
-        if rt.ddp:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    def vote(self, device) -> torch.Tensor:
+        """1.0 if this rank was signalled: summed over ranks together with the loss (one collective per step)."""
+        return torch.tensor(1.0 if self.signum else 0.0, device=device)
 
 
 def prepare_out_dir(out_dir):
@@ -618,7 +616,7 @@ def train(cfg: TrainConfig):
         if rt.master:
             state = {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                      "skipped_steps": skipped, "model_args": asdict(raw.config), "config": asdict(cfg),
-                     "loader": loaders, "rng": rngs, "tokenizer_sha256": ranks_sha256(), "git_commit": git_commit(),
+                     "loader": loaders, "rng": rngs, "tokenizer_sha256": RANKS_SHA256, "git_commit": git_commit(),
                      "world_size": rt.world}
             save_checkpoint(out_dir / f"ckpt_{step:07d}.pt", state)
             for old in list_checkpoints(out_dir)[:-cfg.keep_checkpoints]:
@@ -659,16 +657,19 @@ def train(cfg: TrainConfig):
         # position *before* the prefetch, so a resume re-reads exactly these windows.
         loader_state = loader.state_dict()
         batches = fetch() if step + 1 < cfg.max_steps else None
-        if rt.ddp:
-            dist.all_reduce(loss, op=dist.ReduceOp.SUM)
-            loss = loss / rt.world
-        grad_norm, finite = optimizer_step(raw, optimizer, lr, cfg.grad_clip, cfg.nonfinite == "skip", loss)
+        votes = None
+        if rt.ddp:  # mean loss and "was any rank signalled" in one all-reduce
+            summed = torch.stack([loss, stop.vote(loss.device)])
+            dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+            loss, votes = summed[0] / rt.world, summed[1]
+        loss_f, grad_norm, finite = optimizer_step(raw, optimizer, lr, cfg.grad_clip, loss)
+        interrupted = bool(votes.item()) if votes is not None else stop.signum is not None  # read after the sync
         step += 1
         if not finite:
             if cfg.nonfinite == "stop":
                 bar.close()
                 last = list_checkpoints(out_dir)
-                raise UserError(f"non-finite loss or gradient norm at step {step} (loss {loss.item()}, grad norm "
+                raise UserError(f"non-finite loss or gradient norm at step {step} (loss {loss_f}, grad norm "
                                 f"{grad_norm}); stopped without saving. Last good checkpoint: "
                                 f"{last[-1] if last else 'none'}. Lower learning_rate, or pass --nonfinite=skip")
             skipped += 1
@@ -676,7 +677,6 @@ def train(cfg: TrainConfig):
             say(f"step {step}: non-finite loss/grad norm, step skipped ({skipped} so far)")
         now = time.time()
         dt, t_last = now - t_last, now
-        loss_f = loss.item()
         tok_s = cfg.total_batch_size / dt
         mfu = flops_per_token * tok_s / (peak * rt.world) if peak else None
         if finite:
@@ -689,7 +689,6 @@ def train(cfg: TrainConfig):
         bar.update(1)
         final = step == cfg.max_steps
         eval_and_norms(step, final)
-        interrupted = stop.agreed(rt)
         if step % cfg.ckpt_interval == 0 or final or interrupted:
             save(step, loader_state)
         if interrupted:

@@ -65,7 +65,7 @@ def main(argv=None):
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         loss = train.forward_backward(r["model"], batches, rt)
-        train.optimizer_step(r["raw"], r["opt"], cfg.learning_rate, cfg.grad_clip, False, loss)
+        train.optimizer_step(r["raw"], r["opt"], cfg.learning_rate, cfg.grad_clip, loss)
         if rt.device_type == "cuda":
             torch.cuda.synchronize()
             r["peak_mem"] = max(r["peak_mem"], torch.cuda.max_memory_allocated() / 2 ** 20)

@@ -28,6 +28,17 @@ def load_models(paths, device="cpu"):
             for (lab, m, c, path) in out]
 
 
+def probe_parser(doc):
+    """argparse for a checkpoint probe: --checkpoints, --out, --device, --debug; the probe adds its own options."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoints", nargs="+", required=True, help="ckpt_*.pt files or run folders")
+    ap.add_argument("--out", required=True, help="OUT.json (OUT.md is written beside it)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    return ap
+
+
 def write_outputs(result: dict, markdown: str, out_json):
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)

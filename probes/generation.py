@@ -11,9 +11,8 @@ Conditions per item and checkpoint, each decoded greedily and sampled (T 0.7, to
 Metric: echo rate -- the share of continuations that reproduce the item's word string (as spelled in the
 prompt). All completions are saved for reading.
 """
-import argparse
 
-from _common import load_models, run_main, write_outputs
+from _common import probe_parser, load_models, run_main, write_outputs
 
 import torch
 
@@ -116,13 +115,9 @@ def markdown(res):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoints", nargs="+", required=True, help="ckpt_*.pt files or run folders")
-    ap.add_argument("--out", required=True, help="OUT.json (OUT.md is written beside it)")
+    ap = probe_parser(__doc__)
     ap.add_argument("--max_new_tokens", type=int, default=30)
     ap.add_argument("--seed", type=int, default=1337)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--debug", action="store_true")
     args = ap.parse_args(argv)
     res = run(args.checkpoints, args.max_new_tokens, args.seed, args.device)
     write_outputs(res, markdown(res), args.out)

@@ -11,10 +11,9 @@ For probe words in families (run, compute, nation, code, act, build), take each 
 Reported as typographic@k and morph@k (share of the k neighbours), per model; with --codec also for the untrained
 codec itself (the z-normalised byte vectors x(t), before any learned projection).
 """
-import argparse
 import re
 
-from _common import load_models, run_main, write_outputs
+from _common import probe_parser, load_models, run_main, write_outputs
 
 import torch
 import torch.nn.functional as F
@@ -123,14 +122,10 @@ def markdown(res):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoints", nargs="+", required=True, help="ckpt_*.pt files or run folders")
-    ap.add_argument("--out", required=True, help="OUT.json (OUT.md is written beside it)")
+    ap = probe_parser(__doc__)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--no_codec", action="store_true", help="skip the untrained-codec row")
     ap.add_argument("--codec_pos_dim", type=int, default=16)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--debug", action="store_true")
     args = ap.parse_args(argv)
     res = run(args.checkpoints, args.k, not args.no_codec, args.codec_pos_dim, args.device)
     write_outputs(res, markdown(res), args.out)

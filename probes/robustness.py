@@ -14,14 +14,13 @@ mean KL difference with a 95 % bootstrap CI. --pairs takes JSONL rows {"category
 set (probes/data/typo_pairs.jsonl, 110 pairs in 11 categories) was written for nanokron. A pair whose two texts
 are identical is reported as excluded, not scored.
 """
-import argparse
 import itertools
 import json
 import math
 import warnings
 from pathlib import Path
 
-from _common import ProbeError, load_models, run_main, write_outputs
+from _common import probe_parser, ProbeError, load_models, run_main, write_outputs
 
 import torch
 import torch.nn.functional as F
@@ -170,12 +169,8 @@ def markdown(res):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoints", nargs="+", required=True, help="ckpt_*.pt files or run folders")
+    ap = probe_parser(__doc__)
     ap.add_argument("--pairs", default=str(DEFAULT_PAIRS))
-    ap.add_argument("--out", required=True, help="OUT.json (OUT.md is written beside it)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--debug", action="store_true")
     args = ap.parse_args(argv)
     res = run(args.checkpoints, args.pairs, args.device)
     write_outputs(res, markdown(res), args.out)

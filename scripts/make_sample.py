@@ -1,9 +1,12 @@
-"""Build data/sample/austen.jsonl.gz (the bundled corpus) from austen.txt.gz: one chapter = one FineWeb-Edu-shaped row.
+"""Build data/sample/austen.jsonl.gz (the bundled corpus) from the Austen text: one chapter = one FineWeb-Edu-shaped row.
 
-    python scripts/make_sample.py [--src ../shared/data/austen.txt.gz] [--out data/sample/austen.jsonl.gz]
+    python scripts/make_sample.py --src austen.txt.gz [--out data/sample/austen.jsonl.gz]
 
-The source text is the six Jane Austen novels (public domain) as shipped by the Debian package r-cran-janeaustenr
-1.0.0-1; see data/sample/README.md. The output is deterministic (sorted keys, gzip mtime 0).
+Only needed to remake the committed file. --src is the gzipped text of the six novels (sha256 of the text
+f46c14b0...f31b95), extracted from the Debian package r-cran-janeaustenr 1.0.0-1: `apt-get download
+r-cran-janeaustenr`, unpack it, read usr/lib/R/site-library/janeaustenr/data/Rdata.{rdb,rdx} with PyPI `rdata`
+and write the books' lines one per line, books in publication order; see data/sample/README.md. The output is
+deterministic (sorted keys, gzip mtime 0).
 """
 import argparse
 import gzip
@@ -51,7 +54,7 @@ def split_chapters(text: str):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     root = Path(__file__).resolve().parents[1]
-    ap.add_argument("--src", default=str(root.parent / "shared" / "data" / "austen.txt.gz"))
+    ap.add_argument("--src", required=True, help="gzipped Austen text (see the docstring for where it comes from)")
     ap.add_argument("--out", default=str(root / "data" / "sample" / "austen.jsonl.gz"))
     args = ap.parse_args()
     text = gzip.decompress(Path(args.src).read_bytes())

@@ -240,3 +240,18 @@ def test_kronecker_tied_in_every_mode_and_under_bf16_autocast(mode):
     loss16.backward()
     assert loss16.dtype == torch.float32 and abs(loss16.item() - loss32.item()) < 0.1
     assert torch.isfinite(model.transformer.wte.proj.grad).all()
+
+
+def test_ragged_fallback_when_every_codec_row_is_used():
+    """At P=1 the 256 single-byte tokens use every codec row, so no padding row exists: the ragged path runs."""
+    vocab = [bytes([i]) for i in range(256)] + _probe_vocab()
+    torch.manual_seed(0)
+    sparse = KroneckerEmbedding(len(vocab), 8, 1, "sparse", vocab).double()
+    dense = KroneckerEmbedding(len(vocab), 8, 1, "dynamic", vocab).double()
+    dense.proj.data = sparse.proj.data.clone()
+    assert sparse.pad_row is None
+    ids = torch.arange(len(vocab))
+    a, b = sparse(ids), dense(ids)
+    a.sum().backward()
+    b.sum().backward()
+    assert _rel(a, b) <= 1e-10 and _rel(sparse.proj.grad, dense.proj.grad) <= 1e-10

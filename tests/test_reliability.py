@@ -1,6 +1,5 @@
 """Crash safety (kill -9, SIGTERM, non-finite loss) and the bad-input matrix of train.py."""
 import hashlib
-import json
 import os
 import shutil
 import signal

@@ -45,4 +45,4 @@ def test_altered_ranks_file_is_one_clear_error(tmp_path):
         get_encoding(str(bad))
     with pytest.raises(TokenizerFileError, match=r"missing.*306cd27f"):
         get_encoding(str(tmp_path / "nope.tiktoken"))
-    assert tokenizer.ranks_sha256() == "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+    assert tokenizer.RANKS_SHA256 == "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
