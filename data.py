@@ -92,29 +92,34 @@ def find_shards(data_dir, split: str) -> list:
 class ShardLoader:
     """Yields (x, y) int64 windows of shape (B, T) for one rank of a DDP job.
 
-    A shard is cut into windows of B*T tokens (+1 for the shifted targets). Each step all ranks move together by
-    `world_size` windows and rank r takes the r-th one, so ranks never see the same tokens. When fewer than
-    world_size windows remain in a shard, everyone moves on to the next shard; after the last shard the epoch
-    ends and it starts again (wrap). With `shuffle`, shard order and window order are permuted per epoch from
-    `seed`, identically on every rank.
+    A shard is cut into windows of B*T tokens (+1 for the shifted targets), and consecutive windows are grouped
+    into *step blocks* of world_size x accum windows: the tokens of one optimizer step. Within a block, micro-batch
+    i of rank r is window i * world_size + r. Blocks are the unit of order: with `shuffle`, the shard order and the
+    block order inside each shard are permuted per epoch from `seed`, identically on every rank. A step therefore
+    sees the same tokens however it is split into ranks and micro-batches (1 GPU x 8 micro-batches or 8 GPUs x 1
+    read the same data at the same seed). A shard's tail shorter than one block is skipped; after the last shard
+    the epoch ends and the next one starts (wrap).
 
-    The whole position is three integers (epoch, shard cursor, window cursor), so state_dict()/load_state_dict()
-    resume at exactly the next window.
+    The whole position is four integers (epoch, shard cursor, block cursor, micro-batch), so
+    state_dict()/load_state_dict() resume at exactly the next window.
     """
 
-    def __init__(self, data_dir, split, B, T, rank=0, world_size=1, shuffle=False, seed=0, vocab_size=None):
+    def __init__(self, data_dir, split, B, T, rank=0, world_size=1, shuffle=False, seed=0, vocab_size=None, accum=1):
         self.files = find_shards(data_dir, split)
-        self.split, self.B, self.T, self.rank, self.world = split, B, T, rank, world_size
+        self.split, self.B, self.T, self.rank, self.world, self.accum = split, B, T, rank, world_size, accum
         self.shuffle, self.seed, self.vocab_size = shuffle, seed, vocab_size
         self.window = B * T
+        self.per_block = world_size * accum  # windows per optimizer step
         self.counts = [read_header(f) for f in self.files]
         self.n_windows = [max(0, (c - 1) // self.window) for c in self.counts]
-        if max(self.n_windows) < world_size:
-            need = self.window * world_size + 1
+        self.n_blocks = [n // self.per_block for n in self.n_windows]
+        if max(self.n_blocks) < 1:
+            need = self.window * self.per_block + 1
             raise DataError(f"the '{split}' shards in {data_dir} are too small: a step needs {need:,} tokens "
-                            f"(batch_size {B} x block_size {T} x world {world_size} + 1) but the largest shard "
-                            f"has {max(self.counts):,}; lower batch_size/block_size or prepare more data")
-        self.epoch, self.shard_cursor, self.window_cursor = 0, 0, 0
+                            f"(batch_size {B} x block_size {T} x world {world_size} x grad accum {accum} + 1) but "
+                            f"the largest shard has {max(self.counts):,}; lower batch_size/block_size/"
+                            f"total_batch_size or prepare more data")
+        self.epoch, self.shard_cursor, self.block_cursor, self.micro = 0, 0, 0, 0
         self._tokens, self._tokens_index = None, None
         self._set_epoch(0)
 
@@ -127,60 +132,64 @@ class ShardLoader:
         order = np.arange(len(self.files))
         if self.shuffle:
             order = self._rng(epoch).permutation(order)
-        self.shard_order = [int(i) for i in order if self.n_windows[i] >= self.world]
+        self.shard_order = [int(i) for i in order if self.n_blocks[i] >= 1]
 
-    def _window_order(self, shard):
-        n = self.n_windows[shard]
+    def _block_order(self, shard):
+        n = self.n_blocks[shard]
         return self._rng(self.epoch, shard).permutation(n) if self.shuffle else np.arange(n)
 
     def _load(self, shard):
         if self._tokens_index != shard:
-            self._tokens, self._tokens_index = load_tokens(self.files[shard]), shard
-            self._order = self._window_order(shard)
+            tokens = load_tokens(self.files[shard])
+            # checked once per shard load (~0.1 s per 100M tokens), so a bad id fails early wherever it sits
+            if self.vocab_size is not None and len(tokens) and int(tokens.max()) >= self.vocab_size:
+                raise DataError(f"shard {self.files[shard]} holds token id {int(tokens.max())} >= vocab_size "
+                                f"{self.vocab_size}: made with another tokenizer; regenerate it with "
+                                f"prepare_fineweb.py")
+            self._tokens, self._tokens_index = tokens, shard
+            self._order = self._block_order(shard)
         return self._tokens
 
     # iteration ------------------------------------------------------------------------------------------------
     def next_batch(self):
         shard = self.shard_order[self.shard_cursor]
         tokens = self._load(shard)
-        w = int(self._order[self.window_cursor + self.rank])
+        w = int(self._order[self.block_cursor]) * self.per_block + self.micro * self.world + self.rank
         buf = torch.from_numpy(tokens[w * self.window: (w + 1) * self.window + 1].astype(np.int64))
-        if self.vocab_size is not None and int(buf.max()) >= self.vocab_size:
-            raise DataError(f"shard {self.files[shard]} holds token id {int(buf.max())} >= vocab_size "
-                            f"{self.vocab_size}: made with another tokenizer; regenerate it with prepare_fineweb.py")
         self._advance()
         return buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
 
     def _advance(self):
-        self.window_cursor += self.world
-        shard = self.shard_order[self.shard_cursor]
-        if self.window_cursor + self.world > self.n_windows[shard]:
-            self.window_cursor = 0
-            self.shard_cursor += 1
+        self.micro += 1
+        if self.micro < self.accum:
+            return
+        self.micro, self.block_cursor = 0, self.block_cursor + 1
+        if self.block_cursor >= self.n_blocks[self.shard_order[self.shard_cursor]]:
+            self.block_cursor, self.shard_cursor = 0, self.shard_cursor + 1
             if self.shard_cursor >= len(self.shard_order):
                 self.shard_cursor = 0
                 self._set_epoch(self.epoch + 1)
-                self._tokens_index = None  # window order depends on the epoch
+                self._tokens_index = None  # block order depends on the epoch
 
     def reset(self):
-        self.shard_cursor, self.window_cursor = 0, 0
+        self.shard_cursor, self.block_cursor, self.micro = 0, 0, 0
         self._set_epoch(0)
         self._tokens_index = None
 
     # resume ---------------------------------------------------------------------------------------------------
     def state_dict(self):
-        return {"epoch": self.epoch, "shard_cursor": self.shard_cursor, "window_cursor": self.window_cursor,
-                "files": [f.name for f in self.files], "B": self.B, "T": self.T, "world": self.world,
-                "shuffle": self.shuffle, "seed": self.seed}
+        return {"epoch": self.epoch, "shard_cursor": self.shard_cursor, "block_cursor": self.block_cursor,
+                "micro": self.micro, "files": [f.name for f in self.files], "B": self.B, "T": self.T,
+                "world": self.world, "accum": self.accum, "shuffle": self.shuffle, "seed": self.seed}
 
     def load_state_dict(self, state):
-        mine = (self.B, self.T, self.world, [f.name for f in self.files])
-        theirs = (state["B"], state["T"], state["world"], state["files"])
+        mine = (self.B, self.T, self.world, self.accum, self.shuffle, self.seed, [f.name for f in self.files])
+        theirs = tuple(state.get(k) for k in ("B", "T", "world", "accum", "shuffle", "seed", "files"))
         if mine != theirs:
-            raise DataError("the checkpoint's data position was saved for another batch shape, world size or "
-                            "shard list; resume with the original settings or start a new out_dir")
+            raise DataError("the checkpoint's data position was saved for another batch shape, world size, data "
+                            "order or shard list; resume with the original settings or start a new out_dir")
         self._set_epoch(state["epoch"])
-        self.shard_cursor, self.window_cursor = state["shard_cursor"], state["window_cursor"]
+        self.shard_cursor, self.block_cursor, self.micro = state["shard_cursor"], state["block_cursor"], state["micro"]
         self._tokens_index = None
 
 
@@ -191,7 +200,7 @@ def val_batches(data_dir, B, T, rank, world_size, val_tokens, vocab_size=None):
     """
     loader = ShardLoader(data_dir, "val", B, T, rank, world_size, vocab_size=vocab_size)
     per_step = B * T * world_size
-    available = sum(n // world_size for n in loader.n_windows if n >= world_size) * per_step
+    available = sum(loader.n_blocks) * per_step
     steps = min(val_tokens, available) // per_step
     if steps < 1:
         raise DataError(f"the val split in {data_dir} ({sum(loader.counts):,} tokens) is smaller than one "

@@ -1,17 +1,14 @@
-"""GPT-2 with four interchangeable input embeddings (the `input_embedding` arm).
-
-    bpe_tied        nn.Embedding(V, d), output head tied to it          (GPT-2 / nanoGPT default)
-    kronecker       fixed byte codec + learned proj (D x d), untied head (the paper's model)
-    bpe_untied      nn.Embedding(V, d), untied head                     (our control: untying alone)
-    kronecker_tied  fixed byte codec + learned proj, head = the same codec table (no V x d parameter at all)
+"""GPT-2 with interchangeable input embeddings (the `input_embedding` arm); the arms are listed in ARMS below.
 
 The Kronecker codec (paper Eq. 1): a token with raw bytes b_1..b_L (L <= P) becomes the sparse vector
 s = (1/sqrt L) * sum_p e[b_p * P + p] in R^D (D = 256 P), z-normalised over its D entries and projected by a learned
 matrix. Because s has exactly L equal nonzeros, its mean and std are closed-form, and the projection is a weighted
 sum of L rows of `proj` minus a rank-1 correction -- see KroneckerEmbedding.
 
-This file knows nothing about DDP, data or logging.
+This file knows nothing about DDP, data or logging. It is the only file that knows what each arm is: everything
+else asks the model (`arm`, `input_table()`, `embedding_norms()`, ...).
 """
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -19,9 +16,25 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-ARMS = ("bpe_tied", "kronecker", "bpe_untied", "kronecker_tied")
+from tokenizer import N_VOCAB  # GPT-2's real vocabulary; ids above it are padding (vocab_size 50304 = 64-aligned)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """What an input-embedding arm is made of. Two choices span the experiment's 2 x 2 design."""
+    codec: bool  # input side: the fixed byte codec + a learned proj (D x d), or a learned V x d table
+    tied: bool   # output head: the input table itself, or a V x d matrix of its own
+    about: str = ""
+
+
+ARMS = {
+    "bpe_tied": Arm(codec=False, tied=True, about="nn.Embedding(V, d), output head tied to it (GPT-2 / nanoGPT)"),
+    "kronecker": Arm(codec=True, tied=False, about="fixed byte codec + learned proj, untied head (the paper's model)"),
+    "bpe_untied": Arm(codec=False, tied=False, about="nn.Embedding(V, d), untied head (control: untying alone)"),
+    "kronecker_tied": Arm(codec=True, tied=True,
+                          about="codec + proj; head = the same codec table, scaled (no V x d parameter at all)"),
+}
 KRON_MODES = ("sparse", "dynamic", "cached")
-REAL_VOCAB = 50257  # GPT-2's real vocabulary; ids above are padding (vocab_size 50304 = 64-aligned)
 
 
 @dataclass
@@ -36,24 +49,26 @@ class GPTConfig:
     input_embedding: str = "bpe_tied"
     kron_pos_dim: int = 16  # P: bytes per token kept by the codec; D = 256 * P
     kron_mode: str = "sparse"
+    fused_head: bool = True  # training loss via the chunked head + cross-entropy (no B x T x V logits); same numbers
 
     def __post_init__(self):
         if self.input_embedding not in ARMS:
             raise ValueError(f"unknown input_embedding {self.input_embedding!r}; valid: {', '.join(ARMS)}")
         if self.kron_mode not in KRON_MODES:
             raise ValueError(f"unknown kron_mode {self.kron_mode!r}; valid: {', '.join(KRON_MODES)}")
+        for k in ("block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; change one of them")
         if not 1 <= self.kron_pos_dim <= 255:
             raise ValueError(f"kron_pos_dim must be in 1..255, got {self.kron_pos_dim}")
+        if self.vocab_size < N_VOCAB:
+            raise ValueError(f"vocab_size={self.vocab_size} is smaller than GPT-2's {N_VOCAB} tokens; use 50304")
 
     @property
-    def is_kronecker(self) -> bool:
-        return self.input_embedding.startswith("kronecker")
-
-    @property
-    def is_tied(self) -> bool:
-        return self.input_embedding.endswith("_tied")
+    def arm(self) -> Arm:
+        return ARMS[self.input_embedding]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -75,6 +90,18 @@ def codec_bytes(raw: bytes, P: int) -> bytes:
     while cut > 0 and (raw[cut] & 0xC0) == 0x80:  # raw[cut] is a continuation byte: the char straddles the cut
         cut -= 1
     return raw[:cut]
+
+
+def byte_rows(raws, P: int):
+    """Codec input of many byte strings: ((N, P) uint8 bytes, zero-padded; (N,) uint8 lengths L <= P).
+    Lengths are uint8 (P <= 255) because gloo broadcasts uint8 but not int16."""
+    cut = [codec_bytes(r, P) for r in raws]
+    table = torch.zeros(len(cut), P, dtype=torch.uint8)
+    lengths = torch.tensor([len(b) for b in cut], dtype=torch.uint8)
+    for i, b in enumerate(cut):
+        if b:
+            table[i, :len(b)] = torch.frombuffer(bytearray(b), dtype=torch.uint8)
+    return table, lengths
 
 
 def codec_dense(byte_table: torch.Tensor, lengths: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
@@ -114,17 +141,11 @@ class KroneckerEmbedding(nn.Module):
         self.D = D = 256 * pos_dim
         P = pos_dim
 
-        table = torch.zeros(vocab_size, P, dtype=torch.uint8)
-        lengths = torch.zeros(vocab_size, dtype=torch.uint8)  # L <= P <= 255 (gloo broadcasts uint8, not int16)
-        for i in range(vocab_size):
-            b = codec_bytes(token_bytes[i], P) if i < len(token_bytes) else b""
-            if b:
-                table[i, :len(b)] = torch.frombuffer(bytearray(b), dtype=torch.uint8)
-            lengths[i] = len(b)
+        table, lengths = byte_rows([token_bytes[i] if i < len(token_bytes) else b"" for i in range(vocab_size)], P)
         self.register_buffer("byte_table", table)
         self.register_buffer("lengths", lengths)
 
-        # Per-token weights of the exact sparse form, computed once in float64 (then stored in fp32).
+        # Per-token weights of the exact sparse form, computed once in float64.
         L = lengths.double()
         sigma = ((1 - L / D) / (D - 1)).sqrt() + 1e-6
         has = L > 0
@@ -151,9 +172,10 @@ class KroneckerEmbedding(nn.Module):
         self.proj = nn.Parameter(torch.empty(D, n_embd))
         self.reset_parameters()
 
-    def reset_parameters(self):
+    @torch.no_grad()
+    def reset_parameters(self, generator=None):
         # N(0, 1/D): keeps emb(t) ~ unit scale since x(t) is z-normalised. GPT-2's 0.02 init must not touch it.
-        nn.init.normal_(self.proj, mean=0.0, std=1.0 / math.sqrt(self.D))
+        self.proj.normal_(0.0, 1.0 / math.sqrt(self.D), generator=generator)
 
     def extra_repr(self):
         return f"vocab={self.vocab_size}, P={self.P}, D={self.D}, d={self.n_embd}, mode={self.mode}"
@@ -176,7 +198,16 @@ class KroneckerEmbedding(nn.Module):
         return torch.addr(out, self.mean_weight[ids].to(out.dtype), self.proj.sum(0).to(out.dtype), alpha=-1)
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """(N,) ids -> (N, d) embeddings in the configured mode."""
+        """(N,) ids -> (N, d) embeddings in the configured mode, always in proj's dtype.
+
+        Autocast is switched off here: it would round the dense modes' matmul (both devices) and the sparse
+        mode's rank-1 update (CUDA lists addr, CPU does not) to bf16, while the BPE arms' table lookup stays
+        fp32. The codec costs O(L d) per token, so full precision is free; all arms then enter the blocks alike.
+        """
+        with torch.autocast(ids.device.type, enabled=False):
+            return self._embed_ids(ids)
+
+    def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         if self.mode == "sparse":
             return self._sparse(ids)
         if self.mode == "dynamic":
@@ -197,12 +228,9 @@ class KroneckerEmbedding(nn.Module):
 
     def embed_bytes(self, raw: bytes) -> torch.Tensor:
         """Embedding of an arbitrary byte string as ONE position (forced out-of-vocabulary input), (d,)."""
-        b = codec_bytes(raw, self.P)
-        table = torch.zeros(1, self.P, dtype=torch.uint8, device=self.proj.device)
-        if b:
-            table[0, :len(b)] = torch.tensor(list(b), dtype=torch.uint8)
-        lengths = torch.tensor([len(b)], dtype=torch.uint8, device=self.proj.device)
-        return (codec_dense(table, lengths, dtype=self.proj.dtype) @ self.proj)[0]
+        table, lengths = byte_rows([raw], self.P)
+        x = codec_dense(table.to(self.proj.device), lengths.to(self.proj.device), dtype=self.proj.dtype)
+        return (x @ self.proj)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,11 +285,86 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def stream_seed(base: int, name: str) -> int:
+    """A seed for the module called `name`, from one base seed: stable across runs, platforms and arms."""
+    return int.from_bytes(hashlib.blake2b(f"{base}/{name}".encode(), digest_size=8).digest(), "little") >> 1
+
+
+# The fused head's chunk: the largest power of two of tokens whose fp32 logits fit this budget. On a CPU, chunks
+# that stay near the caches are fastest (128 tokens at V = 50,304, see results/bench/); on a GPU a chunk must be
+# big enough to keep the matmul efficient (2,048 tokens = 8 chunks per 16 x 1024 micro-batch).
+HEAD_CHUNK_BYTES = {"cpu": 32 * 2 ** 20, "cuda": 512 * 2 ** 20}
+
+
+def head_chunk_size(vocab_size: int, device_type: str) -> int:
+    budget = HEAD_CHUNK_BYTES.get(device_type, HEAD_CHUNK_BYTES["cuda"])
+    return 2 ** max(4, int(math.log2(budget / (4 * vocab_size))))
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """mean_i CE(h_i W^T, t_i) over the rows with t_i != -1, computed chunk by chunk: never more than one chunk
+    of logits alive, and no separate log_softmax pass.
+
+    For each chunk the forward computes logits (in `dtype`, the autocast precision), their logsumexp and loss in
+    fp32, and right away the gradients: dlogits = softmax - onehot, dh = dlogits W, dW += dlogits^T h (fp32
+    accumulator). The backward only scales them by the incoming gradient. Same numbers as
+    F.cross_entropy(F.linear(h, W)) up to float rounding; the price is that dh and dW (the size of h and W) are
+    kept from forward to backward, which is far less than the B x T x V logits.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk: int, dtype):
+        acc = torch.promote_types(dtype, torch.float32)  # softmax, loss and dW accumulate in at least fp32
+        with torch.autocast(h.device.type, enabled=False):
+            hc, wc = h.to(dtype), weight.to(dtype)
+            keep = (targets != -1).to(acc)
+            n = keep.sum().clamp(min=1.0)
+            safe = targets.clamp(min=0)[:, None]
+            loss = torch.zeros((), dtype=acc, device=h.device)
+            dh = torch.empty_like(h)
+            dw = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+            for s in range(0, h.shape[0], chunk):
+                logits = (hc[s:s + chunk] @ wc.t()).to(acc)
+                lse = torch.logsumexp(logits, dim=1)
+                k = keep[s:s + chunk]
+                loss = loss + ((lse - logits.gather(1, safe[s:s + chunk])[:, 0]) * k).sum()
+                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                p.scatter_add_(1, safe[s:s + chunk], -k[:, None])  # - onehot (ignored rows: nothing)
+                p = (p * (k / n)[:, None]).to(dtype)  # d(mean loss) / d logits
+                dh[s:s + chunk] = p @ wc
+                if dtype == acc:
+                    dw.addmm_(p.t(), hc[s:s + chunk])
+                else:
+                    dw += (p.t() @ hc[s:s + chunk]).to(acc)
+        ctx.save_for_backward(dh, dw.to(weight.dtype))
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        dh, dw = ctx.saved_tensors
+        return dh * grad_loss, dw * grad_loss, None, None, None
+
+
+def chunked_cross_entropy(h, weight, targets, chunk: int, dtype):
+    """The fused head's loss without gradients (evaluation): same chunks, same numbers."""
+    acc = torch.promote_types(dtype, torch.float32)
+    total = torch.zeros((), dtype=acc, device=h.device)
+    with torch.autocast(h.device.type, enabled=False):
+        hc, wc = h.to(dtype), weight.to(dtype)
+        for s in range(0, h.shape[0], chunk):
+            total = total + F.cross_entropy((hc[s:s + chunk] @ wc.t()).to(acc), targets[s:s + chunk],
+                                            ignore_index=-1, reduction="sum")
+    return total / (targets != -1).sum().clamp(min=1)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig, token_bytes=None):
         super().__init__()
         self.config = config
-        if config.is_kronecker:
+        # One draw from the global RNG seeds every module's own stream (see init_weights); it is the first draw,
+        # so it depends on the seed only, never on the arm.
+        base_seed = int(torch.randint(0, 2 ** 62, (1,)))
+        if config.arm.codec:
             if token_bytes is None:
                 from tokenizer import token_bytes as gpt2_token_bytes
                 token_bytes = gpt2_token_bytes(config.vocab_size)
@@ -276,77 +379,106 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
-        if config.input_embedding == "kronecker_tied":
-            self.lm_head = None  # logits come from the codec table itself, see forward()
-        else:
+        self.lm_head = None  # tied arms: the head is the input table (for the codec: built per forward)
+        if not config.arm.tied:
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-            if config.input_embedding == "bpe_tied":
-                self.lm_head.weight = self.transformer.wte.weight  # weight tying (GPT-2)
-        self.apply(self._init_weights)  # never reaches KroneckerEmbedding.proj (a bare Parameter)
+        self.init_weights(base_seed)
 
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            std = 0.02
-            if getattr(module, "RESIDUAL_PROJ", False):
-                std = 0.02 / math.sqrt(2 * self.config.n_layer)  # GPT-2: residual branches scaled by depth
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    @torch.no_grad()
+    def init_weights(self, base_seed: int):
+        """GPT-2 init, each module from its own generator seeded by (base_seed, module name).
+
+        So at one seed every arm starts from the same wpe, blocks and ln_f, and the arms with an untied head from
+        the same lm_head: a comparison at equal seed differs only in what the arms differ in (a paired design).
+        """
+        for name, module in self.named_modules():
+            g = torch.Generator().manual_seed(stream_seed(base_seed, name))
+            if isinstance(module, nn.Linear):
+                std = 0.02
+                if getattr(module, "RESIDUAL_PROJ", False):
+                    std = 0.02 / math.sqrt(2 * self.config.n_layer)  # GPT-2: residual branches scaled by depth
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 0.02)
+            elif isinstance(module, KroneckerEmbedding):
+                module.proj.copy_(torch.randn(module.proj.shape, generator=g) / math.sqrt(module.D))
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
 
     # -- forward ---------------------------------------------------------------------------------------------
 
-    def forward(self, idx, targets=None, tok_emb=None, return_hidden=False):
-        """idx (B, T) -> (logits, loss). With targets: logits for every position and the mean cross-entropy;
-        without: logits of the last position only (what generation needs).
+    def forward(self, idx, targets=None):
+        """idx (B, T) -> (logits, loss).
 
-        tok_emb (B, T, d), optional: use these token embeddings instead of looking idx up (forced-OOV probes).
-        return_hidden: also return the final hidden states (after ln_f), for probes.
+        With targets: the mean cross-entropy, and logits of every position -- unless the fused head computed the
+        loss, which never forms them (logits None). Without targets: logits of the last position only (what
+        generation needs).
         """
-        h, table = self.body(idx, tok_emb)
+        h, table = self.body(idx)
         if targets is None:
-            h = h[:, [-1], :]
+            return self.head(h[:, [-1], :], table), None
+        if self.config.fused_head:
+            h, weight = self.head_input(h), self.head_weight(table)
+            dev = h.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+            args = (h.reshape(-1, h.size(-1)), weight, targets.reshape(-1), head_chunk_size(weight.size(0), dev),
+                    dtype)
+            if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+                return None, FusedLinearCrossEntropy.apply(*args)
+            return None, chunked_cross_entropy(*args)
         logits = self.head(h, table)
-        loss = None
-        if targets is not None:
-            flat = logits.view(-1, logits.size(-1))
-            flat = flat.to(torch.promote_types(flat.dtype, torch.float32))  # bf16 logits: loss in fp32
-            loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1)
-        if return_hidden:
-            return logits, loss, h
-        return logits, loss
+        flat = logits.view(-1, logits.size(-1))
+        flat = flat.to(torch.promote_types(flat.dtype, torch.float32))  # bf16 logits: loss in fp32
+        return logits, F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1)
 
     def body(self, idx, tok_emb=None, table=None):
-        """Token + position embeddings through the blocks and ln_f: (hidden (B, T, d), codec table or None).
-        table: kronecker_tied only, a precomputed wte.full_table() to reuse (inference with frozen weights)."""
+        """Token + position embeddings through the blocks and ln_f: (hidden (B, T, d), codec head table or None).
+
+        tok_emb (B, T, d), optional: use these token embeddings instead of looking idx up (forced-OOV probes).
+        table: a tied codec arm's precomputed input_table(), to reuse (inference with frozen weights).
+        """
         B, T = idx.shape
         assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
-        wte = self.transformer.wte
-        if self.config.input_embedding == "kronecker_tied":
+        arm = self.config.arm
+        if arm.codec and arm.tied:
             # one table per forward, shared by the input lookup and the output head: gradients from both uses
-            # meet in proj. Cost ~ V * L_mean * d, small next to the step (DESIGN / issue 9).
+            # meet in proj. Cost ~ V * L_mean * d, small next to the step.
             if table is None:
-                table = wte.full_table()
+                table = self.input_table()
             if tok_emb is None:
                 tok_emb = F.embedding(idx, table)
         elif tok_emb is None:
-            tok_emb = wte(idx)
+            tok_emb = self.transformer.wte(idx)
         pos = torch.arange(T, device=idx.device)
         x = self.transformer.drop(tok_emb + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x)
         return self.transformer.ln_f(x), table
 
+    def head_input(self, h):
+        """What the head multiplies. A head tied to the codec table has rows of norm ~sqrt(d) (z-normalised codec,
+        N(0, 1/D) proj), so h E^T would start with logits of std ~sqrt(d) (initial loss ~50 at d=64). A fixed
+        1/sqrt(d) output scale, as T5 uses for its tied head, brings them to order one; it adds no parameter.
+        (Scaling h, not the B x T x V logits, keeps it off the largest tensor of the step.)"""
+        arm = self.config.arm
+        return h * self.config.n_embd ** -0.5 if arm.codec and arm.tied else h
+
+    def head_weight(self, table=None):
+        """The (V, d) output matrix: lm_head's own, or (tied) the input table."""
+        if self.lm_head is not None:
+            return self.lm_head.weight
+        return table if table is not None else self.input_table()
+
     def head(self, h, table=None):
         """Hidden states -> logits over the vocabulary."""
-        if table is not None:
-            # Tied to a codec table whose rows have norm ~sqrt(d) (z-normalised codec, N(0, 1/D) proj), so h E^T
-            # would start with logits of std ~sqrt(d) (initial loss ~50 at d=64). A fixed 1/sqrt(d) output scale,
-            # as T5 uses for its tied head, brings them to unit scale; it adds no parameter. (Scaling h, not the
-            # B x T x V logits, keeps it off the largest tensor of the step.)
-            return F.linear(h * self.config.n_embd ** -0.5, table)
-        return self.lm_head(h)
+        return F.linear(self.head_input(h), self.head_weight(table))
+
+    def input_table(self) -> torch.Tensor:
+        """The (V, d) input embedding of every id: the learned table, or the one the codec + proj imply."""
+        wte = self.transformer.wte
+        return wte.full_table() if self.config.arm.codec else wte.weight
 
     # -- accounting --------------------------------------------------------------------------------------------
 
@@ -356,32 +488,38 @@ class GPT(nn.Module):
     def input_params(self) -> int:
         """Trainable parameters of the input side (the table, or the codec's proj)."""
         wte = self.transformer.wte
-        return wte.proj.numel() if self.config.is_kronecker else wte.weight.numel()
+        return wte.proj.numel() if self.config.arm.codec else wte.weight.numel()
 
     def mean_token_bytes(self) -> float:
-        """Average codec length L over the real vocabulary (Kronecker arms)."""
+        """Average codec length L over the real vocabulary (codec arms)."""
+        return self.transformer.wte.lengths[:N_VOCAB].float().mean().item()
+
+    @torch.no_grad()
+    def embedding_norms(self) -> dict:
+        """Mean L2 norms: rows of the learned input matrix (table rows, or rows of Linear(D, d).weight = columns
+        of proj), effective input embeddings over the real vocabulary, and output-head rows."""
         wte = self.transformer.wte
-        return wte.lengths[:REAL_VOCAB].float().mean().item()
+        learned = wte.proj.float().norm(dim=0) if self.config.arm.codec else wte.weight.float().norm(dim=1)
+        table = self.input_table().float()
+        head = self.head_weight(table).float()
+        return {"norm/input_row": learned.mean().item(), "norm/input_emb": table[:N_VOCAB].norm(dim=1).mean().item(),
+                "norm/head_row": head.norm(dim=1).mean().item()}
 
     def estimate_flops_per_token(self, tokens_per_forward: int | None = None) -> float:
         """Training FLOPs per token (forward + backward) of what this arm really computes.
 
         6 * (matmul params) for the weights, 12 * n_layer * d * T for attention scores; a table lookup is free;
         the sparse codec is ~4 L d (bag + its weight gradient); a dense codec (dynamic/cached) adds 4 D d.
-        kronecker_tied builds its V x d table once per forward: ~4 V L d spread over the forward's tokens.
+        A tied codec arm builds its V x d table once per forward: ~4 V L d spread over the forward's tokens.
         """
         cfg = self.config
         d, V, T = cfg.n_embd, cfg.vocab_size, cfg.block_size
         blocks = sum(p.numel() for p in self.transformer.h.parameters())
         flops = 6 * (blocks + V * d) + 12 * cfg.n_layer * d * T  # every arm has a V x d output matmul
-        if cfg.is_kronecker:
+        if cfg.arm.codec:
             D, L = self.transformer.wte.D, self.mean_token_bytes()
             per_row = 4 * D * d if cfg.kron_mode != "sparse" else 4 * L * d
-            if cfg.input_embedding == "kronecker_tied":
-                n = tokens_per_forward or T
-                flops += per_row * V / n
-            else:
-                flops += per_row
+            flops += per_row * V / (tokens_per_forward or T) if cfg.arm.tied else per_row
         return float(flops)
 
     # -- optimizer ---------------------------------------------------------------------------------------------
@@ -411,7 +549,7 @@ class GPT(nn.Module):
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """(B, V) logits -> (B, 1) ids: greedy at temperature 0, else top-k / nucleus sampling."""
-    logits = logits[:, :REAL_VOCAB].float()  # never emit padding ids
+    logits = logits[:, :N_VOCAB].float()  # never emit padding ids
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature

@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 
 from data import DataError, ShardLoader, val_batches
-from model import ARMS, GPT, GPTConfig, KRON_MODES, REAL_VOCAB
-from tokenizer import RANKS_SHA256, TokenizerFileError
+from model import ARMS, GPT, GPTConfig, KRON_MODES
+from tokenizer import N_VOCAB, RANKS_SHA256, TokenizerFileError
 
 ROOT = Path(__file__).resolve().parent
 
@@ -44,6 +44,7 @@ class TrainConfig:
     input_embedding: str = "bpe_tied"
     kron_pos_dim: int = 16
     kron_mode: str = "sparse"
+    fused_head: bool = True  # chunked head + cross-entropy (false: plain logits, for checking)
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -54,7 +55,7 @@ class TrainConfig:
     batch_size: int = 16
     block_size: int = 1024
     total_batch_size: int = 524288
-    shuffle: bool = False  # seeded shard/window shuffling per epoch
+    shuffle: bool = True  # the seed also picks the order of training windows (per epoch, same for every arm)
     # optimizer and schedule (linear warmup, cosine to min_lr at lr_decay_steps, then flat)
     learning_rate: float = 6e-4
     min_lr: float = 6e-5
@@ -179,8 +180,8 @@ def load_config(argv) -> TrainConfig:
             raise UserError(f"bad value {getattr(cfg, k)} for {k}: must be >= 1")
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}; change one of them")
-    if cfg.vocab_size < REAL_VOCAB:
-        raise UserError(f"vocab_size={cfg.vocab_size} is smaller than GPT-2's {REAL_VOCAB} tokens; use 50304")
+    if cfg.vocab_size < N_VOCAB:
+        raise UserError(f"vocab_size={cfg.vocab_size} is smaller than GPT-2's {N_VOCAB} tokens; use 50304")
     return cfg
 
 
@@ -285,7 +286,9 @@ def build_model(cfg: TrainConfig, rt: Runtime):
     model = torch.compile(raw) if rt.compile else raw  # compile first, then wrap in DDP
     if rt.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+        # buffers (the codec's byte table, cached codec) are deterministic constants: never re-broadcast them
+        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None,
+                    broadcast_buffers=False, gradient_as_bucket_view=True)
     return raw, model
 
 
@@ -303,7 +306,7 @@ def forward_backward(model, batches, rt: Runtime):
         sync = nullcontext() if (not rt.ddp or i == n - 1) else model.no_sync()
         with sync:
             with rt.autocast():
-                _, loss = model(x, y)
+                loss = model(x, y)[1]  # never keep the logits alive into the next micro-batch
             (loss / n).backward()
         loss_sum += loss.detach()
     return loss_sum / n
@@ -332,7 +335,7 @@ def evaluate(model, loader, steps, rt: Runtime) -> float:
     for _ in range(steps):
         x, y = loader.next_batch()
         with rt.autocast():
-            _, loss = model(to_device(x, rt), to_device(y, rt))
+            loss = model(to_device(x, rt), to_device(y, rt))[1]
         total += loss.float()
     total /= steps
     if rt.ddp:
@@ -341,21 +344,6 @@ def evaluate(model, loader, steps, rt: Runtime) -> float:
             total /= rt.world  # gloo has no AVG
     model.train()
     return total.item()
-
-
-@torch.no_grad()
-def embedding_norms(raw: GPT) -> dict:
-    """DESIGN §6 norms: learned input-matrix rows, effective input embeddings (real vocab), output-head rows."""
-    wte = raw.transformer.wte
-    if raw.config.is_kronecker:
-        learned = wte.proj.float().norm(dim=0).mean()  # rows of Linear(D, d).weight = columns of proj
-        table = wte.full_table().float()
-    else:
-        learned = wte.weight.float().norm(dim=1).mean()
-        table = wte.weight.float()
-    head = table if raw.lm_head is None else raw.lm_head.weight.float()
-    return {"norm/input_row": learned.item(), "norm/input_emb": table[:REAL_VOCAB].norm(dim=1).mean().item(),
-            "norm/head_row": head.norm(dim=1).mean().item()}
 
 
 # bf16 dense peak per device, for MFU (vendor datasheets, no sparsity)
@@ -533,8 +521,12 @@ class StopFlag:
         self.signum = signum
 
     def vote(self, device) -> torch.Tensor:
-        """1.0 if this rank was signalled: summed over ranks together with the loss (one collective per step)."""
-        return torch.tensor(1.0 if self.signum else 0.0, device=device)
+        """1.0 if this rank was signalled: summed over ranks together with the loss (one collective per step).
+        One device tensor, filled in place: torch.tensor(v, device=cuda) would be a blocking host-to-device copy
+        that waits for the whole backward before the all-reduce is even queued."""
+        if getattr(self, "_flag", None) is None or self._flag.device != torch.device(device):
+            self._flag = torch.zeros((), device=device)
+        return self._flag.fill_(1.0 if self.signum else 0.0)
 
 
 def prepare_out_dir(out_dir):
@@ -561,7 +553,7 @@ def train(cfg: TrainConfig):
 
     # data first: bad data must fail before anything is written
     loader = ShardLoader(cfg.data_dir, "train", cfg.batch_size, cfg.block_size, rt.rank, rt.world,
-                         shuffle=cfg.shuffle, seed=cfg.seed, vocab_size=cfg.vocab_size)
+                         shuffle=cfg.shuffle, seed=cfg.seed, vocab_size=cfg.vocab_size, accum=accum)
     val_loader, val_steps = val_batches(cfg.data_dir, cfg.batch_size, cfg.block_size, rt.rank, rt.world,
                                         cfg.val_tokens, vocab_size=cfg.vocab_size)
 
@@ -630,7 +622,7 @@ def train(cfg: TrainConfig):
             metrics.log(step, val_loss=val, tokens=step * cfg.total_batch_size)
             log(f"step {step}: val loss {val:.4f}")
         if step % cfg.norm_interval == 0 or final:
-            metrics.log(step, **embedding_norms(raw))
+            metrics.log(step, **raw.embedding_norms())
 
     if step >= cfg.max_steps:
         log(f"{out_dir} already finished at step {step} (max_steps={cfg.max_steps}); raise --max_steps to extend")

@@ -76,7 +76,7 @@ def run(checkpoints, max_new_tokens=30, seed=1337, device="cpu"):
     enc = get_encoding()
     out = {"max_new_tokens": max_new_tokens, "seed": seed, "models": {}}
     for label, model, ckpt, path in load_models(checkpoints, device):
-        is_kron = model.config.is_kronecker
+        is_kron = model.config.arm.codec
         completions, echo = [], {}
         for cond in ("normal", "misspelled", "forced_oov"):
             for dec, kw in DECODING.items():

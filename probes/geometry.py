@@ -18,8 +18,8 @@ from _common import probe_parser, load_models, run_main, write_outputs
 import torch
 import torch.nn.functional as F
 
-from model import REAL_VOCAB, codec_bytes, codec_dense
-from tokenizer import get_encoding, token_bytes
+from model import codec_bytes, codec_dense
+from tokenizer import N_VOCAB, get_encoding, token_bytes
 
 FAMILIES = {
     "run": ["run", "runs", "running", "runner", "ran"],
@@ -69,9 +69,9 @@ def neighbours(table, qids, k):
 @torch.no_grad()
 def codec_table(P):
     """The untrained codec x(t) for the real vocabulary, (V, 256 P) float32."""
-    tb = token_bytes(REAL_VOCAB)
-    table = torch.zeros(REAL_VOCAB, P, dtype=torch.uint8)
-    lengths = torch.zeros(REAL_VOCAB, dtype=torch.uint8)
+    tb = token_bytes(N_VOCAB)
+    table = torch.zeros(N_VOCAB, P, dtype=torch.uint8)
+    lengths = torch.zeros(N_VOCAB, dtype=torch.uint8)
     for i, raw in enumerate(tb):
         b = codec_bytes(raw, P)
         table[i, :len(b)] = torch.tensor(list(b), dtype=torch.uint8)
@@ -101,9 +101,9 @@ def run(checkpoints, k=10, with_codec=True, codec_P=16, device="cpu"):
         res["models"][f"untrained codec (P={codec_P})"] = {"arm": "codec", **score(codec_table(codec_P), enc, k)}
     for label, model, ckpt, path in load_models(checkpoints, device):
         wte = model.transformer.wte
-        table = wte.full_table() if model.config.is_kronecker else wte.weight
+        table = wte.full_table() if model.config.arm.codec else wte.weight
         res["models"][label] = {"checkpoint": path, "arm": model.config.input_embedding, "step": ckpt["step"],
-                                **score(table[:REAL_VOCAB].float(), enc, k)}
+                                **score(table[:N_VOCAB].float(), enc, k)}
     return res
 
 

@@ -25,8 +25,7 @@ from _common import probe_parser, ProbeError, load_models, run_main, write_outpu
 import torch
 import torch.nn.functional as F
 
-from model import REAL_VOCAB
-from tokenizer import get_encoding
+from tokenizer import N_VOCAB, get_encoding
 
 DEFAULT_PAIRS = Path(__file__).resolve().parent / "data" / "typo_pairs.jsonl"
 METRICS = ("kl", "top1_kept", "cosine", "logp_drop", "inflation")
@@ -65,7 +64,7 @@ def last_positions(model, seqs):
     x = torch.tensor([s + [0] * (T - len(s)) for s in seqs])
     h, table = model.body(x)
     h = h[torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])]
-    logits = model.head(h, table)[:, :REAL_VOCAB]
+    logits = model.head(h, table)[:, :N_VOCAB]
     return F.log_softmax(logits.double(), dim=-1), h.double()
 
 

@@ -183,11 +183,11 @@ def test_two_ranks_are_disjoint_and_cover_the_data(tmp_path):
         write_shard(tmp_path / f"d_train_{i:06d}.bin", np.arange(n) + 10000 * i)
     B, T = 2, 50
     ranks = [ShardLoader(tmp_path, "train", B, T, r, 2) for r in range(2)]
-    steps = sum(n // 2 for n in ranks[0].n_windows)  # one epoch
+    steps = sum(ranks[0].n_blocks)  # one epoch
     seen = [torch_cat(_windows(ld, steps)) for ld in ranks]
     assert not set(seen[0].tolist()) & set(seen[1].tolist())
     covered = set(seen[0].tolist()) | set(seen[1].tolist())
-    usable = sum((n // 2) * 2 * B * T for n in ranks[0].n_windows)
+    usable = sum(ranks[0].n_blocks) * 2 * B * T
     assert len(covered) == usable  # every usable window, once
     # the epoch wraps: the next batch is the first one again
     assert np.array_equal(ranks[0].next_batch()[0], ShardLoader(tmp_path, "train", B, T, 0, 2).next_batch()[0])
@@ -213,6 +213,29 @@ def test_loader_resumes_at_the_exact_next_window(tmp_path, shuffle):
     if shuffle:  # a different seed gives a different order
         d = ShardLoader(tmp_path, "train", 2, 50, 1, 2, shuffle=True, seed=6)
         assert not all(np.array_equal(p, q) for p, q in zip(straight, _windows(d, 60)))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_step_sees_the_same_tokens_however_it_is_split(tmp_path, shuffle):
+    """1 rank x 1 micro-batch of 4 rows, 1 rank x 2 micro-batches of 2, 2 ranks x 1 of 2: the same rows per step."""
+    for i, n in enumerate((4000, 2500, 3300)):
+        write_shard(tmp_path / f"d_train_{i:06d}.bin", np.arange(n) + 10000 * i)
+
+    def steps(B, world, accum, n=12):
+        loaders = [ShardLoader(tmp_path, "train", B, 50, r, world, shuffle=shuffle, seed=3, accum=accum)
+                   for r in range(world)]
+        out = []
+        for _ in range(n):
+            rows = [ld.next_batch()[0] for _ in range(accum) for ld in loaders]
+            out.append(sorted(map(tuple, torch_cat(rows).reshape(-1, 50).tolist())))
+        return out
+
+    one = steps(4, 1, 1)
+    assert steps(2, 1, 2) == one and steps(2, 2, 1) == one and steps(1, 2, 2) == one
+    assert steps(4, 1, 1) == one  # deterministic
+    if shuffle:
+        other = [ShardLoader(tmp_path, "train", 4, 50, shuffle=True, seed=4).next_batch()[0] for _ in range(1)]
+        assert one[0] != sorted(map(tuple, other[0].tolist()))  # another seed, another order
 
 
 def test_targets_are_inputs_shifted_and_val_is_fixed(sample_dir):

@@ -143,12 +143,15 @@ def test_every_arm_forward_backward_generate(arm):
     model = GPT(GPTConfig(input_embedding=arm, **TINY))
     idx, tgt = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
     logits, loss = model(idx, tgt)
-    assert logits.shape == (2, 16, 50304)
+    assert logits is None  # the fused head never forms the logits
     assert abs(loss.item() - math.log(50304)) < 1.5
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
     if arm == "bpe_tied":
-        assert model.lm_head.weight is model.transformer.wte.weight
+        assert model.head_weight() is model.transformer.wte.weight
+    model.config.fused_head = False
+    logits, plain = model(idx, tgt)
+    assert logits.shape == (2, 16, 50304) and torch.allclose(plain, loss)
     out = model.generate(idx[:, :4], 5, temperature=0.8, top_k=50, top_p=0.9)
     assert out.shape == (2, 9) and (out[:, :4] == idx[:, :4]).all() and (out < 50257).all()
     greedy = model.generate(idx[:, :4], 3, temperature=0)
