@@ -330,7 +330,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                 loss = loss + ((lse - logits.gather(1, safe[s:s + chunk])[:, 0]) * k).sum()
                 p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
                 p.scatter_add_(1, safe[s:s + chunk], -k[:, None])  # - onehot (ignored rows: nothing)
-                p = (p * (k / n)[:, None]).to(dtype)  # d(mean loss) / d logits
+                p = p.mul_((k / n)[:, None]).to(dtype)  # d(mean loss) / d logits
                 dh[s:s + chunk] = p @ wc
                 if dtype == acc:
                     dw.addmm_(p.t(), hc[s:s + chunk])

@@ -16,6 +16,7 @@ when complete, plus progress.json (resume points) and meta.json (what was made, 
 A rerun keeps the complete shards and continues; with the same inputs it writes byte-identical files.
 """
 import argparse
+import gzip
 import hashlib
 import json
 import multiprocessing as mp
@@ -65,9 +66,34 @@ def _local_files(paths):
     return builders.pop(), [str(f) for f in files]
 
 
+def sample_docs_plain(path):
+    """The bundled sample read with the standard library alone (gzip + json): the same documents, in the same order,
+    as the `datasets` path gives. Used where `datasets` is not installed (a bare GPU image)."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)["text"]
+
+
+def _check_sample():
+    if not SAMPLE_PATH.is_file():
+        raise PrepareError(f"bundled sample {SAMPLE_PATH} is missing; restore it with git checkout")
+    digest = hashlib.sha256(SAMPLE_PATH.read_bytes()).hexdigest()
+    if digest != SAMPLE_SHA256:
+        raise PrepareError(f"bundled sample {SAMPLE_PATH} has sha256 {digest}, expected {SAMPLE_SHA256}; "
+                           f"restore it with git checkout")
+
+
 def open_stream(source, name, text_column):
     """An iterable of document texts, in a fixed order, through datasets' streaming loader."""
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        if source == ["sample"]:
+            _check_sample()
+            return sample_docs_plain(SAMPLE_PATH)
+        raise PrepareError("reading this source needs the `datasets` package (pip install -r requirements.txt); "
+                           "only --source sample works without it") from None
     datasets.disable_progress_bars()
     if source == ["fineweb-edu"]:
         if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
@@ -83,12 +109,7 @@ def open_stream(source, name, text_column):
         column = "text"
     else:
         if source == ["sample"]:
-            if not SAMPLE_PATH.is_file():
-                raise PrepareError(f"bundled sample {SAMPLE_PATH} is missing; restore it with git checkout")
-            digest = hashlib.sha256(SAMPLE_PATH.read_bytes()).hexdigest()
-            if digest != SAMPLE_SHA256:
-                raise PrepareError(f"bundled sample {SAMPLE_PATH} has sha256 {digest}, expected {SAMPLE_SHA256}; "
-                                   f"restore it with git checkout")
+            _check_sample()
             builder, files, column = "json", [str(SAMPLE_PATH)], "text"
         else:
             builder, files = _local_files(source)

@@ -78,7 +78,7 @@ class TrainConfig:
     seed: int = 1337
     # runtime
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (bf16 autocast where the GPU has bf16, else fp32) | float32 | bfloat16
     compile: str = "auto"  # auto (on for CUDA) | true | false
     # wandb
     wandb_mode: str = "disabled"  # disabled | offline | online
@@ -92,7 +92,7 @@ class TrainConfig:
 
 
 CHOICES = {"input_embedding": ARMS, "kron_mode": KRON_MODES, "nonfinite": ("stop", "skip"),
-           "dtype": ("auto", "float32", "bfloat16", "float16"), "compile": ("auto", "true", "false"),
+           "dtype": ("auto", "float32", "bfloat16"), "compile": ("auto", "true", "false"),
            "wandb_mode": ("disabled", "offline", "online")}
 # what a checkpoint must agree on to be resumed
 SHAPE_KEYS = ("input_embedding", "kron_pos_dim", "vocab_size", "n_layer", "n_head", "n_embd", "block_size", "bias")
@@ -171,6 +171,9 @@ def load_config(argv) -> TrainConfig:
             values[k] = int(v)
         elif not isinstance(values[k], typ) or (typ is int and isinstance(v, bool)):
             raise UserError(f"bad value {v!r} for {k}: expected {typ.__name__}")
+        if k == "dtype" and values[k] == "float16":
+            raise UserError("dtype=float16 is not supported: without loss scaling small gradients underflow; use "
+                            "bfloat16 (A100/H100/RTX 30xx and newer) or float32 (V100, T4)")
         if k in CHOICES and values[k] not in CHOICES[k]:
             raise UserError(f"bad value {v!r} for {k}: choose one of {', '.join(CHOICES[k])}")
     cfg = TrainConfig(**values)
@@ -346,17 +349,25 @@ def evaluate(model, loader, steps, rt: Runtime) -> float:
     return total.item()
 
 
-# bf16 dense peak per device, for MFU (vendor datasheets, no sparsity)
-PEAK_FLOPS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12), ("B200", 2250e12),
-              ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12),
+# bf16 dense tensor-core peak per device (vendor datasheets, no sparsity), for MFU. First match wins, so the more
+# specific names come first ("H100 NVL" before "H100", "L40S" before "L40").
+PEAK_FLOPS = [("H200", 989e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12),
+              ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
+              ("A10G", 70e12), ("A10", 125e12), ("RTX 6000 Ada", 364e12), ("RTX A6000", 155e12),
               ("V100", 125e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("MI300X", 1307e12)]
 
 
 def peak_flops(device: torch.device):
+    """Peak bf16 FLOP/s of this device, or None on CPU or an unknown GPU (then no MFU is reported)."""
+    return peak_flops_entry(device)[1]
+
+
+def peak_flops_entry(device: torch.device):
+    """(table entry, peak FLOP/s) for this device, or (None, None)."""
     if device.type != "cuda":
-        return None
+        return None, None
     name = torch.cuda.get_device_name(device)
-    return next((p for key, p in PEAK_FLOPS if key in name), None)
+    return next(((key, p) for key, p in PEAK_FLOPS if key in name), (None, None))
 
 
 def param_spread(raw: GPT) -> float:
@@ -588,10 +599,13 @@ def train(cfg: TrainConfig):
     metrics = Metrics(out_dir, cfg, rt.master, step if ckpt_path else None)
     n_params, n_input = raw.num_params(), raw.input_params()
     flops_per_token = raw.estimate_flops_per_token(cfg.batch_size * cfg.block_size)
-    peak = peak_flops(rt.device)
+    peak_key, peak = peak_flops_entry(rt.device)
     log(f"{cfg.input_embedding}: {n_params:,} params ({n_input:,} input-side) | {rt.world} rank(s) on "
         f"{rt.device} | {str(rt.ptdtype).replace('torch.', '')} | compile {rt.compile} | grad accum {accum} | "
         f"{cfg.total_batch_size:,} tokens/step")
+    if rt.device_type == "cuda":
+        log(f"MFU against {peak / 1e12:.0f} TFLOP/s bf16 (table entry '{peak_key}')" if peak else
+            f"no peak FLOP/s known for {torch.cuda.get_device_name(rt.device)}: MFU not reported")
     if step == 0:
         metrics.log(0, params=n_params, input_params=n_input, tokens=0)
 

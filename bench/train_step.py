@@ -1,12 +1,18 @@
-"""Training-step benchmark: every arm at one config, timed interleaved in one process.
+"""Training-step benchmark: every arm, with the fused head and without, timed interleaved in one process.
 
     python bench/train_step.py configs/cpu_tiny.py [--steps 10] [--warmup 3] [--json PATH] [--key=value ...]
     python bench/train_step.py configs/gpt2_124m.py --kron_modes=sparse,dynamic,cached      # on a GPU
+    python bench/train_step.py configs/cpu_tiny.py --fused on                               # fused head only
 
-Each arm is built with train.py's own pieces (build_model: compile, then DDP if launched by torchrun;
-forward_backward; optimizer_step: clip + fused AdamW on CUDA; bf16 autocast) and trained on seeded synthetic
-token windows (the data path is not what is measured). Steps run A B C D A B C D ... so drift hits every arm
-alike. Prints median ms/step, tokens/s, MFU (GPU), peak memory (GPU) and the ratio to bpe_tied.
+Each variant (arm x Kronecker mode x fused head on/off) is built with train.py's own pieces (build_model: compile,
+then DDP if launched by torchrun; forward_backward; optimizer_step: clip + fused AdamW on CUDA; bf16 autocast) and
+trained on seeded random token windows (the data path is not what is measured). Steps run A B C D A B C D ... so
+drift hits every variant alike. Prints the median ms/step, tokens/s, MFU (GPU), the step's peak memory above what
+was allocated before it (GPU: the activations, gradients and optimizer temporaries of that variant alone), the
+ratio to bpe_tied and the fused/unfused ratio per arm.
+
+Every compiled variant must really run compiled: the recompile limit is raised so that dynamo never falls back to
+eager for the 9th variant, and hitting it anyway is an error.
 """
 import argparse
 import json
@@ -21,14 +27,106 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from model import ARMS  # noqa: E402
+from tokenizer import N_VOCAB  # noqa: E402
 
 
-def variants(arms, kron_modes):
+def variants(arms, kron_modes, fused=("on", "off")):
+    """[(arm, kron_mode, fused_head)]: every Kronecker mode for codec arms, 'sparse' (unused) for the rest."""
     out = []
     for arm in arms:
-        modes = kron_modes if arm.startswith("kronecker") else ["sparse"]
-        out += [(arm, m) for m in modes]
+        for mode in (kron_modes if ARMS[arm].codec else ["sparse"]):
+            out += [(arm, mode, f == "on") for f in fused]
     return out
+
+
+def allow_many_compiled_models(n: int):
+    """Variants share GPT.forward's code cache: let it hold them all, and fail rather than fall back to eager."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), 4 * n))
+    if hasattr(cfg, "fail_on_recompile_limit_hit"):
+        cfg.fail_on_recompile_limit_hit = True
+
+
+def random_batches(cfg, rt, accum, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (cfg.batch_size, cfg.block_size)
+    return [tuple(train.to_device(torch.randint(0, N_VOCAB, shape, generator=g), rt) for _ in range(2))
+            for _ in range(accum)]
+
+
+def build_variant(cfg, rt, arm, mode="sparse", fused=True):
+    c = train.TrainConfig(**{**cfg.__dict__, "input_embedding": arm, "kron_mode": mode, "fused_head": fused})
+    raw, model = train.build_model(c, rt)
+    opt = raw.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), rt.device_type)
+    return dict(arm=arm, mode=mode, fused=fused, raw=raw, model=model, opt=opt, times=[], peak_mem=0.0,
+                losses=[], flops=raw.estimate_flops_per_token(cfg.batch_size * cfg.block_size),
+                params=raw.num_params())
+
+
+def timed_step(run, batches, rt, cfg):
+    """One optimizer step; returns its wall time in ms and records the loss and the step's extra peak memory."""
+    cuda = rt.device_type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    loss = train.forward_backward(run["model"], batches, rt)
+    loss_f, _, _ = train.optimizer_step(run["raw"], run["opt"], cfg.learning_rate, cfg.grad_clip, loss)
+    if cuda:
+        torch.cuda.synchronize()
+        run["peak_mem"] = max(run["peak_mem"], (torch.cuda.max_memory_allocated() - before) / 2 ** 20)
+    run["losses"].append(loss_f)
+    return (time.perf_counter() - t0) * 1000
+
+
+def time_interleaved(runs, batches, rt, cfg, steps, warmup):
+    for i in range(warmup + steps):
+        for r in runs:
+            dt = timed_step(r, batches, rt, cfg)
+            if i >= warmup:
+                r["times"].append(dt)
+
+
+def summarize(runs, cfg, rt, steps):
+    peak = train.peak_flops(rt.device)
+    base = next((r for r in runs if r["arm"] == "bpe_tied" and r["fused"]), runs[0])
+    base_ms = statistics.median(base["times"])
+    rows = []
+    for r in runs:
+        ms = statistics.median(r["times"])
+        tok_s = cfg.total_batch_size / (ms / 1000)
+        twin = next((o for o in runs if (o["arm"], o["mode"]) == (r["arm"], r["mode"]) and not o["fused"]), None)
+        rows.append({"arm": r["arm"], "kron_mode": r["mode"] if ARMS[r["arm"]].codec else None,
+                     "fused_head": r["fused"], "ms_per_step": ms, "tok_per_s": tok_s,
+                     "mfu": r["flops"] * tok_s / (peak * rt.world) if peak else None,
+                     "step_peak_mem_mb": r["peak_mem"] if rt.device_type == "cuda" else None,
+                     "ratio_vs_bpe_tied": ms / base_ms,
+                     "fused_vs_unfused": ms / statistics.median(twin["times"]) if r["fused"] and twin else None,
+                     "params": r["params"], "ms_min": min(r["times"]), "ms_max": max(r["times"]), "steps": steps})
+    return rows
+
+
+def print_table(rows, header):
+    print(header)
+    print("| arm | kron_mode | head | ms/step (median) | min–max | tokens/s | MFU | step peak MiB | × bpe_tied "
+          "| fused ÷ unfused |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        mem = f"{r['step_peak_mem_mb']:,.0f}" if r["step_peak_mem_mb"] is not None else "n/a"
+        fu = f"{r['fused_vs_unfused']:.3f}" if r["fused_vs_unfused"] is not None else "–"
+        print(f"| {r['arm']} | {r['kron_mode'] or '–'} | {'fused' if r['fused_head'] else 'plain'} | "
+              f"{r['ms_per_step']:.1f} | {r['ms_min']:.1f}–{r['ms_max']:.1f} | {r['tok_per_s']:,.0f} | {mfu} | "
+              f"{mem} | {r['ratio_vs_bpe_tied']:.3f} | {fu} |")
+
+
+def device_name(rt):
+    if rt.device_type == "cuda":
+        return torch.cuda.get_device_name(rt.device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def main(argv=None):
@@ -38,70 +136,27 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--kron_modes", default="sparse", help="e.g. sparse,dynamic,cached")
+    ap.add_argument("--fused", default="both", choices=("both", "on", "off"), help="fused head variants to run")
     ap.add_argument("--json", default=None)
     args, overrides = ap.parse_known_args(argv)
     cfg = train.load_config([args.config, *overrides])
     rt = train.setup_runtime(cfg)
     accum = train.grad_accum_steps(cfg, rt.world)
-    names = variants(args.arms.split(","), args.kron_modes.split(","))
-    peak = train.peak_flops(rt.device)
-    g = torch.Generator().manual_seed(0)
-    batches = [(torch.randint(0, 50257, (cfg.batch_size, cfg.block_size), generator=g),
-                torch.randint(0, 50257, (cfg.batch_size, cfg.block_size), generator=g)) for _ in range(accum)]
-    batches = [tuple(train.to_device(t, rt) for t in b) for b in batches]
-
-    runs = {}
-    for arm, mode in names:
-        c = train.TrainConfig(**{**cfg.__dict__, "input_embedding": arm, "kron_mode": mode})
-        raw, model = train.build_model(c, rt)
-        opt = raw.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), rt.device_type)
-        runs[arm, mode] = dict(raw=raw, model=model, opt=opt, times=[], peak_mem=0.0,
-                               flops=raw.estimate_flops_per_token(cfg.batch_size * cfg.block_size),
-                               params=raw.num_params())
-
-    def step(r):
-        if rt.device_type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        loss = train.forward_backward(r["model"], batches, rt)
-        train.optimizer_step(r["raw"], r["opt"], cfg.learning_rate, cfg.grad_clip, loss)
-        if rt.device_type == "cuda":
-            torch.cuda.synchronize()
-            r["peak_mem"] = max(r["peak_mem"], torch.cuda.max_memory_allocated() / 2 ** 20)
-        return (time.perf_counter() - t0) * 1000
-
-    for i in range(args.warmup + args.steps):  # interleaved
-        for r in runs.values():
-            dt = step(r)
-            if i >= args.warmup:
-                r["times"].append(dt)
-
-    base = statistics.median(runs.get(("bpe_tied", "sparse"), next(iter(runs.values())))["times"])
-    rows = []
-    for (arm, mode), r in runs.items():
-        ms = statistics.median(r["times"])
-        tok_s = cfg.total_batch_size / (ms / 1000)
-        rows.append({"arm": arm, "kron_mode": mode if arm.startswith("kronecker") else None,
-                     "ms_per_step": ms, "tok_per_s": tok_s,
-                     "mfu": r["flops"] * tok_s / (peak * rt.world) if peak else None,
-                     "peak_mem_mb": r["peak_mem"] if rt.device_type == "cuda" else None,
-                     "ratio_vs_bpe_tied": ms / base, "params": r["params"],
-                     "ms_min": min(r["times"]), "ms_max": max(r["times"]), "steps": args.steps})
-    dev = torch.cuda.get_device_name(rt.device) if rt.device_type == "cuda" else \
-        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    names = variants(args.arms.split(","), args.kron_modes.split(","),
+                     ("on", "off") if args.fused == "both" else (args.fused,))
+    if rt.compile:
+        allow_many_compiled_models(len(names))
+    batches = random_batches(cfg, rt, accum)
+    runs = [build_variant(cfg, rt, *v) for v in names]
+    time_interleaved(runs, batches, rt, cfg, args.steps, args.warmup)
+    rows = summarize(runs, cfg, rt, args.steps)
+    dev = device_name(rt)
     if rt.master:
-        print(f"# {args.config} | {dev} | {rt.world} rank(s) | {str(rt.ptdtype).replace('torch.', '')} | "
-              f"compile {rt.compile} | {cfg.total_batch_size:,} tokens/step | torch {torch.__version__}")
-        print("| arm | kron_mode | ms/step (median) | min–max | tokens/s | MFU | peak mem MiB | × bpe_tied |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-            mem = f"{r['peak_mem_mb']:,.0f}" if r["peak_mem_mb"] is not None else "n/a"
-            print(f"| {r['arm']} | {r['kron_mode'] or '–'} | {r['ms_per_step']:.1f} | {r['ms_min']:.1f}–"
-                  f"{r['ms_max']:.1f} | {r['tok_per_s']:,.0f} | {mfu} | {mem} | {r['ratio_vs_bpe_tied']:.3f} |")
+        print_table(rows, f"# {args.config} | {dev} | {rt.world} rank(s) | {str(rt.ptdtype).replace('torch.', '')} "
+                          f"| compile {rt.compile} | {cfg.total_batch_size:,} tokens/step | torch {torch.__version__}")
         if args.json:
-            Path(args.json).write_text(json.dumps({"device": dev, "config": args.config, "rows": rows}, indent=1))
+            Path(args.json).write_text(json.dumps({"device": dev, "config": args.config, "torch": torch.__version__,
+                                                   "compile": rt.compile, "rows": rows}, indent=1))
     return rows
 
 

@@ -1,0 +1,317 @@
+"""One-shot GPU check, ordered by value and held to a time budget (run it through scripts/gpu_check.sh).
+
+    python scripts/gpu_check.py --data DIR --out DIR [--budget_s 420] [--smoke]
+
+Steps, most valuable first; each prints its result as soon as it has it, appends it to OUT/summary.md and rewrites
+OUT/gpu_check.json, so a run cut off at any point still leaves everything it finished. A step whose estimated
+time would overrun --budget_s is skipped, with the reason.
+  a  the three Kronecker modes agree on the device, fp32 and bf16 autocast (scripts/check_modes.py)
+  b  every arm, compiled, bf16: 50 steps of GPT-2 124M on the shards in --data; loss finite and falling, tok/s, MFU
+  c  arm overhead: interleaved steps of the same compiled models from b (no second compile), ratio to bpe_tied
+  d  fused vs plain head, bpe_tied: compiled step time and peak memory; the largest micro-batch that fits (eager)
+  e  the paper's dense Kronecker modes (dynamic, cached), eager, against sparse
+  f  train.py end to end (eager): 20 steps with a checkpoint, then a resume to 30
+  g  2-rank NCCL training through torchrun (only with 2+ GPUs)
+--smoke runs the same pipeline at configs/smoke.py size on any device (the CPU rehearsal used by the tests).
+Needs only torch, numpy, tiktoken and tqdm: no datasets, no wandb.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "scripts"))
+import check_modes  # noqa: E402
+import train  # noqa: E402
+import train_step  # noqa: E402
+from data import ShardLoader  # noqa: E402
+from model import ARMS  # noqa: E402
+
+# first guesses of each step's seconds (a compile of a 124M GPT is about a minute); replaced by measurements
+ESTIMATE = {"full": {"a": 40, "compile": 75, "b_steps": 15, "c": 25, "d": 120, "e": 45, "f": 90, "g": 120},
+            "smoke": {"a": 15, "compile": 0, "b_steps": 3, "c": 5, "d": 10, "e": 8, "f": 25, "g": 30}}
+
+
+class Check:
+    """Budget, summary.md and gpu_check.json: every step's outcome is written the moment it is known."""
+
+    def __init__(self, out: Path, budget_s: float, smoke: bool):
+        self.out, self.budget, self.t0 = out, budget_s, time.time()
+        self.est = dict(ESTIMATE["smoke" if smoke else "full"])
+        self.result = {"budget_s": budget_s, "smoke": smoke, "torch": torch.__version__, "steps": {}}
+        self.ok = True
+
+    def left(self):
+        return self.budget - (time.time() - self.t0)
+
+    def fits(self, key, seconds):
+        if seconds <= self.left():
+            return True
+        self.record(key, "skipped", f"needs ~{seconds:.0f} s, {max(self.left(), 0):.0f} s of the budget left")
+        return False
+
+    def record(self, key, status, text, data=None, seconds=None):
+        self.ok &= status != "fail"
+        took = f" ({seconds:.0f} s)" if seconds is not None else ""
+        line = f"- **{key}** {status}{took}: {text}"
+        print(line, flush=True)
+        with open(self.out / "summary.md", "a") as f:
+            f.write(line + "\n")
+        self.result["steps"][key] = {"status": status, "text": text, "seconds": seconds, "data": data}
+        self.result["elapsed_s"] = round(time.time() - self.t0, 1)
+        (self.out / "gpu_check.json").write_text(json.dumps(self.result, indent=1))
+
+
+def step_modes(ck, dev, smoke):
+    t = time.time()
+    rows, ok = check_modes.run(dev, d=32 if smoke else 768)
+    worst = {dt: max(max(r["out_rel_err"], r["grad_rel_err"]) for r in rows if r["dtype"] == dt)
+             for dt in ("float32", "bfloat16")}
+    ck.record("a modes agree", "ok" if ok else "fail",
+              f"max rel err fp32 {worst['float32']:.1e}, bf16 autocast {worst['bfloat16']:.1e} "
+              f"(outputs {rows[-1]['out_dtype'].replace('torch.', '')} under autocast)", rows, time.time() - t)
+
+
+def step_train_arms(ck, cfg, rt, data, n_steps):
+    """b: each arm compiled once, trained n_steps on real shards. Returns the runs (kept for step c)."""
+    runs = []
+    for arm in ARMS:
+        key = f"b train {arm}"
+        if not ck.fits(key, ck.est["compile"] + ck.est["b_steps"]):
+            continue
+        t = time.time()
+        run = train_step.build_variant(cfg, rt, arm)
+        loader = ShardLoader(data, "train", cfg.batch_size, cfg.block_size, shuffle=True, seed=cfg.seed,
+                             vocab_size=cfg.vocab_size)
+        first_done = None
+        try:
+            for i in range(n_steps):
+                batches = [tuple(train.to_device(x, rt) for x in loader.next_batch())]
+                lr = train.get_lr(i, cfg)
+                t_step = time.time()
+                loss = train.forward_backward(run["model"], batches, rt)
+                loss_f, _, finite = train.optimizer_step(run["raw"], run["opt"], lr, cfg.grad_clip, loss)
+                run["losses"].append(loss_f)
+                if i == 0:
+                    first_done = time.time() - t  # build + compile + first step
+                elif i >= min(5, n_steps // 2):
+                    run["times"].append((time.time() - t_step) * 1000)
+                if not finite:
+                    raise RuntimeError(f"non-finite loss at step {i + 1}")
+        except Exception as e:  # one arm's failure must not cost the others
+            ck.record(key, "fail", f"{type(e).__name__}: {str(e)[:300]}", seconds=time.time() - t)
+            continue
+        ck.est["compile"] = first_done  # the measured compile time is the next arm's estimate
+        L = run["losses"]
+        head, tail = statistics.mean(L[:5]), statistics.mean(L[-5:])
+        falls = tail < head - (0.5 if ck.result["smoke"] else 1.0)
+        ms = statistics.median(run["times"])
+        tok_s = cfg.total_batch_size / (ms / 1000)
+        peak = train.peak_flops(rt.device)
+        mfu = run["flops"] * tok_s / peak if peak else None
+        mfu_s = f", MFU {100 * mfu:.1f}%" if mfu is not None else ""
+        ck.record(key, "ok" if falls else "fail",
+                  f"loss {head:.3f} -> {tail:.3f} ({'falls' if falls else 'DOES NOT FALL'}), first step incl. "
+                  f"compile {first_done:.1f} s, then {ms:.1f} ms/step = {tok_s:,.0f} tok/s{mfu_s}",
+                  {"losses": L, "first_step_s": first_done, "ms_per_step": ms, "tok_per_s": tok_s, "mfu": mfu,
+                   "params": run["params"]}, time.time() - t)
+        run["times"] = []
+        runs.append(run)
+    return runs
+
+
+def step_overhead(ck, runs, cfg, rt, steps):
+    if not runs or not ck.fits("c arm overhead", ck.est["c"]):
+        return
+    t = time.time()
+    batches = train_step.random_batches(cfg, rt, 1)
+    train_step.time_interleaved(runs, batches, rt, cfg, steps, 2)
+    rows = train_step.summarize(runs, cfg, rt, steps)
+    text = ", ".join(f"{r['arm']} {r['ms_per_step']:.1f} ms ({r['ratio_vs_bpe_tied']:.3f}x)" for r in rows)
+    ck.record("c arm overhead", "ok", f"compile {rt.compile}, interleaved, {steps} steps each: {text}", rows, time.time() - t)
+
+
+def step_fused_head(ck, cfg, rt, steps):
+    """d: fused vs plain head, bpe_tied. Compiled (as training runs) at the check's micro-batch: step time and the
+    step's peak memory; eager at micro-batch 32 too; then the largest micro-batch that fits, eager, each way."""
+    if not ck.fits("d fused head", ck.est["d"]):
+        return
+    t = time.time()
+    batches = train_step.random_batches(cfg, rt, 1)
+    runs = [train_step.build_variant(cfg, rt, "bpe_tied", fused=f) for f in (True, False)]
+    train_step.time_interleaved(runs, batches, rt, cfg, steps, 2)
+    rows = [{"batch_size": cfg.batch_size, **r} for r in train_step.summarize(runs, cfg, rt, steps)]
+    del runs, batches
+    rt_eager = train.Runtime(**{**rt.__dict__, "compile": False})
+    fits = {}
+    sizes = [4, 8] if ck.result["smoke"] else [32, 64, 128, 256]
+    for B in sizes:
+        c = train.TrainConfig(**{**cfg.__dict__, "batch_size": B, "total_batch_size": B * cfg.block_size,
+                                 "compile": "false"})
+        for fused in (True, False):
+            if fits.get(fused) is False:
+                continue  # a smaller micro-batch already did not fit
+            run = None
+            try:
+                run = train_step.build_variant(c, rt_eager, "bpe_tied", fused=fused)
+                b = train_step.random_batches(c, rt_eager, 1)
+                train_step.time_interleaved([run], b, rt_eager, c, 1, 1)
+                rows += [{"batch_size": B, **r} for r in train_step.summarize([run], c, rt_eager, 1)]
+            except torch.OutOfMemoryError:
+                fits[fused] = False
+                rows.append({"batch_size": B, "fused_head": fused, "oom": True})
+            del run
+            if rt.device_type == "cuda":
+                torch.cuda.empty_cache()
+    comp = rows[:2]
+    text = (f"compile {rt.compile}, B={cfg.batch_size}: fused {comp[0]['ms_per_step']:.1f} ms vs plain "
+            f"{comp[1]['ms_per_step']:.1f} ms ({comp[0]['fused_vs_unfused']:.3f}x)")
+    if comp[0]["step_peak_mem_mb"] is not None:
+        text += f", step peak {comp[0]['step_peak_mem_mb']:,.0f} vs {comp[1]['step_peak_mem_mb']:,.0f} MiB"
+    for fused in (True, False):
+        ok = [r["batch_size"] for r in rows[2:] if r["fused_head"] == fused and not r.get("oom")]
+        peak = {r["batch_size"]: r["step_peak_mem_mb"] for r in rows[2:] if r["fused_head"] == fused
+                and not r.get("oom") and r["step_peak_mem_mb"]}
+        text += (f"; {'fused' if fused else 'plain'} eager: largest micro-batch tried that fits "
+                 f"{max(ok) if ok else 'none'}" + (" (" + ", ".join(f"B={b} {m:,.0f} MiB" for b, m in peak.items())
+                                                   + ")" if peak else ""))
+    ck.record("d fused head", "ok", text, rows, time.time() - t)
+
+
+def step_dense_modes(ck, cfg, rt, steps):
+    if not ck.fits("e dense modes", ck.est["e"]):
+        return
+    t = time.time()
+    rt_eager = train.Runtime(**{**rt.__dict__, "compile": False})
+    runs = [train_step.build_variant(cfg, rt_eager, "kronecker", m) for m in ("sparse", "dynamic", "cached")]
+    train_step.time_interleaved(runs, train_step.random_batches(cfg, rt_eager, 1), rt_eager, cfg, steps, 1)
+    rows = train_step.summarize(runs, cfg, rt_eager, steps)
+    base = rows[0]["ms_per_step"]
+    text = ", ".join(f"{r['kron_mode']} {r['ms_per_step']:.1f} ms ({r['ms_per_step'] / base:.2f}x)" for r in rows)
+    ck.record("e dense modes", "ok", f"kronecker, eager: {text}", rows, time.time() - t)
+    del runs
+
+
+def run_train_py(args, log):
+    """train.py in a subprocess; returns (rc, last lines of its output)."""
+    p = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True, cwd=ROOT)
+    text = p.stdout + p.stderr
+    with open(log, "a") as f:  # trimmed: the folder must stay small
+        f.write("\n".join(text.splitlines()[-40:]) + "\n")
+    return p.returncode, text
+
+
+def step_train_py(ck, cfg_path, data, out, work, smoke):
+    if not ck.fits("f train.py", ck.est["f"]):
+        return
+    t = time.time()
+    run_dir = work / "train_py"
+    common = [cfg_path, f"--data_dir={data}", f"--out_dir={run_dir}", "--input_embedding=kronecker",
+              "--compile=false", "--progress=false", "--eval_interval=10", "--ckpt_interval=10", "--log_interval=5",
+              "--warmup_steps=5", "--lr_decay_steps=30"]
+    if not smoke:
+        common += ["--batch_size=16", "--total_batch_size=16384", "--val_tokens=32768"]
+    rc1, _ = run_train_py(common + ["--max_steps=20"], out / "train_py.log")
+    rc2, text = run_train_py(common + ["--max_steps=30"], out / "train_py.log")
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()] if rc2 == 0 else []
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    ok = rc1 == 0 and rc2 == 0 and "resumed from" in text and len(val) >= 2 and val[-1] < val[0]
+    mfu = [r["mfu"] for r in rows if r.get("mfu")]
+    ck.record("f train.py", "ok" if ok else "fail",
+              f"rc {rc1}/{rc2}, resumed at step 20, val loss " + " -> ".join(f"{v:.3f}" for v in val)
+              + (f", eager MFU {100 * mfu[-1]:.1f}%" if mfu else ""), {"val": val}, time.time() - t)
+    for p in run_dir.glob("ckpt_*.pt"):
+        p.unlink()
+
+
+def step_nccl(ck, cfg_path, data, out, work, smoke):
+    ngpu = torch.cuda.device_count()
+    if ngpu < 2:
+        ck.record("g 2-rank NCCL", "skipped", f"{ngpu} GPU(s) here; needs 2")
+        return
+    if not ck.fits("g 2-rank NCCL", ck.est["g"]):
+        return
+    t = time.time()
+    run_dir = work / "ddp"
+    cmd = ["torchrun", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), cfg_path, f"--data_dir={data}",
+           f"--out_dir={run_dir}", "--input_embedding=kronecker", "--progress=false", "--max_steps=20",
+           "--eval_interval=10", "--ckpt_interval=20", "--warmup_steps=5"]
+    if not smoke:
+        cmd += ["--batch_size=16", "--total_batch_size=32768", "--val_tokens=32768"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    (out / "ddp.log").write_text("\n".join((p.stdout + p.stderr).splitlines()[-40:]))
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()] if p.returncode == 0 else []
+    spread = [r["ddp_param_spread"] for r in rows if "ddp_param_spread" in r]
+    ok = p.returncode == 0 and spread and spread[-1] == 0
+    ck.record("g 2-rank NCCL", "ok" if ok else "fail", f"rc {p.returncode}, parameter spread across ranks {spread}",
+              None, time.time() - t)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="folder of token shards (prepare_fineweb.py --source sample)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default=None, help="scratch folder for checkpoints (default: a new temp folder)")
+    ap.add_argument("--budget_s", type=float, default=420)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--only", default="abcdefg", help="run only these steps, e.g. --only ad (a rerun)")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check_"))
+    work.mkdir(parents=True, exist_ok=True)
+    cfg_path = str(ROOT / ("configs/smoke.py" if args.smoke else "configs/gpt2_124m.py"))
+    size = [] if args.smoke else ["--batch_size=16", "--total_batch_size=16384", "--warmup_steps=10",
+                                  "--max_steps=50"]
+    cfg = train.load_config([cfg_path, f"--data_dir={args.data}", *size])
+    rt = train.setup_runtime(cfg)
+    dev = torch.cuda.get_device_name(rt.device) if rt.device_type == "cuda" else "cpu"
+    (out / "summary.md").write_text(
+        f"# GPU check on {dev}\n\ntorch {torch.__version__}, {str(rt.ptdtype).replace('torch.', '')}, compile "
+        f"{rt.compile}, peak {train.peak_flops(rt.device) or 'n/a'} FLOP/s for MFU, budget {args.budget_s:.0f} s"
+        f"{', smoke size' if args.smoke else ''}\n\n")
+    ck = Check(out, args.budget_s, args.smoke)
+    ck.result.update(device=dev, peak_flops=train.peak_flops(rt.device), compile=rt.compile)
+    if rt.compile:
+        train_step.allow_many_compiled_models(len(ARMS))
+    steps = 10 if args.smoke else 50
+
+    def guarded(name, fn, *a):
+        if name[0] not in args.only:
+            ck.record(name, "skipped", f"not selected (--only {args.only})")
+            return None
+        try:
+            return fn(*a)
+        except Exception as e:  # a broken step is reported and the next one still runs
+            ck.record(name, "fail", f"{type(e).__name__}: {str(e)[:300]}")
+        finally:
+            if rt.device_type == "cuda":
+                torch.cuda.empty_cache()
+
+    guarded("a modes agree", step_modes, ck, str(rt.device), args.smoke)
+    runs = guarded("b train", step_train_arms, ck, cfg, rt, args.data, steps) or []
+    guarded("c arm overhead", step_overhead, ck, runs, cfg, rt, 5 if args.smoke else 20)
+    del runs
+    guarded("d fused head", step_fused_head, ck, cfg, rt, 3 if args.smoke else 10)
+    guarded("e dense modes", step_dense_modes, ck, cfg, rt, 3 if args.smoke else 5)
+    guarded("f train.py", step_train_py, ck, cfg_path, args.data, out, work, args.smoke)
+    guarded("g 2-rank NCCL", step_nccl, ck, cfg_path, args.data, out, work, args.smoke)
+    verdict = "PASS" if ck.ok else "FAIL"
+    with open(out / "summary.md", "a") as f:
+        f.write(f"\ngpu check: {verdict} in {time.time() - ck.t0:.0f} s\n")
+    print(f"gpu check: {verdict} in {time.time() - ck.t0:.0f} s -> {out}")
+    return 0 if ck.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
