@@ -5,11 +5,13 @@ by `count` uint16 GPT-2 token ids. Every document is preceded by <|endoftext|> (
 public pre-tokenized `finewebedu10B-gpt2` shards, which therefore load unchanged.
 """
 import glob
-import os
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from checkpoint import atomic_write
 
 MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -58,20 +60,29 @@ def load_tokens(path) -> np.ndarray:
 
 
 def write_shard(path, tokens) -> None:
-    """Write a shard atomically: temp file, fsync, rename. A crash never leaves a half shard under the real name."""
+    """Write a shard atomically: a crash never leaves a half shard under the real name."""
     tokens = np.asarray(tokens)
     if tokens.size and int(tokens.max()) >= 2 ** 16:
         raise ValueError("token id does not fit in uint16")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = (MAGIC, VERSION, len(tokens))
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+
+    def write(f):
         f.write(header.tobytes())
         f.write(tokens.astype("<u2", copy=False).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, write)
+
+
+def data_identity(data_dir) -> list:
+    """What a run's data is, cheaply: [name, token count, sha256 of the first MiB] per shard. A resume compares it,
+    so a run never silently continues on other data placed under the same folder name."""
+    out = []
+    for split in ("train", "val"):
+        for f in find_shards(data_dir, split):
+            with open(f, "rb") as fh:
+                head = hashlib.sha256(fh.read(2 ** 20)).hexdigest()[:16]
+            out.append([f.name, read_header(f), head])
+    return out
 
 
 def find_shards(data_dir, split: str) -> list:
@@ -183,10 +194,12 @@ class ShardLoader:
                 "world": self.world, "accum": self.accum, "shuffle": self.shuffle, "seed": self.seed}
 
     def load_state_dict(self, state):
-        mine = (self.B, self.T, self.world, self.accum, self.shuffle, self.seed, [f.name for f in self.files])
-        theirs = tuple(state.get(k) for k in ("B", "T", "world", "accum", "shuffle", "seed", "files"))
-        if mine != theirs:
-            raise DataError("the checkpoint's data position was saved for another batch shape, world size, data "
+        """Resume at the saved position. The micro-batch size may differ (a step's tokens do not depend on it) as
+        long as the step's token count, world size, order and shards are the same."""
+        def key(d):
+            return (d["T"], d["B"] * d["T"] * d["world"] * d["accum"], d["world"], d["shuffle"], d["seed"], d["files"])
+        if state.get("micro", 0) != 0 or key(state) != key(self.state_dict()):
+            raise DataError("the checkpoint's data position was saved for another step size, world size, data "
                             "order or shard list; resume with the original settings or start a new out_dir")
         self._set_epoch(state["epoch"])
         self.shard_cursor, self.block_cursor, self.micro = state["shard_cursor"], state["block_cursor"], state["micro"]

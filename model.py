@@ -475,6 +475,12 @@ class GPT(nn.Module):
         """Hidden states -> logits over the vocabulary."""
         return F.linear(self.head_input(h), self.head_weight(table))
 
+    def shared_table(self):
+        """A tied codec arm's (V, d) table, which body() otherwise rebuilds every forward: with frozen weights
+        (inference) compute it once and pass it to body() and head(). None for the other arms."""
+        arm = self.config.arm
+        return self.input_table() if arm.codec and arm.tied else None
+
     def input_table(self) -> torch.Tensor:
         """The (V, d) input embedding of every id: the learned table, or the one the codec + proj imply."""
         wte = self.transformer.wte

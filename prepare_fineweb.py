@@ -2,7 +2,7 @@
 
     python prepare_fineweb.py --source sample                         # bundled Austen corpus, ~0.99M tokens
     python prepare_fineweb.py --source fineweb-edu --max_tokens 2.5e9 # the paper run (HF hub, streamed)
-    python prepare_fineweb.py --source /mirror/fineweb-edu/sample/10BT --out_dir data/fineweb  # local parquet
+    python prepare_fineweb.py --source path/to/fineweb-edu/sample/10BT --out_dir data/fineweb  # local parquet
 
 Every source -- the hub, the bundled sample, local parquet/jsonl/txt -- goes through the same
 `datasets.load_dataset(..., streaming=True)` path, so tests on local files exercise the FineWeb-Edu code.
@@ -10,6 +10,11 @@ Every source -- the hub, the bundled sample, local parquet/jsonl/txt -- goes thr
 Split: documents whose stream index is a multiple of 20 go to validation until it holds --val_tokens tokens
 (then the val shard is cut to exactly that many); everything else is training data, capped at --max_tokens. The
 val set therefore does not depend on how many train tokens are written.
+
+Documents whose text cannot be tokenized (not a string, e.g. null or a number; an invalid Unicode escape) are
+skipped, counted, and reported in one summary line and in meta.json; they keep their stream index, so the split of
+the others does not move. Whole-file problems (a .txt that is not UTF-8, a .gz that is not gzip, a damaged
+progress.json) are refused up front with an error line, before anything is written.
 
 Output (--out_dir): <name>_val_000000.bin, <name>_train_000001.bin, ... each written to a temp name and renamed
 when complete, plus progress.json (resume points) and meta.json (what was made, from what, by which command).
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from checkpoint import atomic_write
 from data import DataError, read_header, shard_is_valid, write_shard
 from tokenizer import EOT, RANKS_SHA256, get_encoding
 
@@ -63,7 +69,30 @@ def _local_files(paths):
     if any(f.stat().st_size == 0 for f in files):
         empty = next(f for f in files if f.stat().st_size == 0)
         raise PrepareError(f"input {empty} is empty; remove it or pass other files")
+    for f in files:  # whole-file problems are refused before anything is written
+        _check_readable(f)
     return builders.pop(), [str(f) for f in files]
+
+
+def _check_readable(f: Path):
+    """A .gz must really be gzip, a .txt must be UTF-8 (read in 1 MiB pieces: no size limit)."""
+    if f.suffix == ".gz":
+        try:
+            with gzip.open(f) as g:
+                g.read(1 << 16)
+        except (OSError, EOFError) as e:
+            raise PrepareError(f"input {f} is not a readable gzip file ({e}); pass the real .jsonl.gz") from None
+    elif f.suffix == ".txt":
+        import codecs
+        dec = codecs.getincrementaldecoder("utf-8")()
+        with open(f, "rb") as fh:
+            try:
+                while chunk := fh.read(1 << 20):
+                    dec.decode(chunk)
+                dec.decode(b"", final=True)
+            except UnicodeDecodeError as e:
+                raise PrepareError(f"input {f} is not UTF-8 text (byte {fh.tell() - len(chunk) + e.start}); "
+                                   f"convert it (e.g. iconv -t UTF-8) or remove it") from None
 
 
 def sample_docs_plain(path):
@@ -84,6 +113,19 @@ def _check_sample():
                            f"restore it with git checkout")
 
 
+def _check_online(host="huggingface.co"):
+    """Fail in seconds, not after the hub client's retries, when the hub cannot be reached (skipped behind a
+    proxy, where a direct connection says nothing)."""
+    import socket
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        raise PrepareError(f"cannot reach {host} (offline?); use --source sample, or local parquet files of "
+                           f"FineWeb-Edu: --source /path/to/parquet_dir") from None
+
+
 def open_stream(source, name, text_column):
     """An iterable of document texts, in a fixed order, through datasets' streaming loader."""
     try:
@@ -100,6 +142,7 @@ def open_stream(source, name, text_column):
             raise PrepareError("--source fineweb-edu needs the Hugging Face hub but this machine is offline "
                                "(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE=1); use --source sample, or local parquet "
                                "files of FineWeb-Edu: --source /path/to/parquet_dir")
+        _check_online()
         try:
             ds = datasets.load_dataset(HUB_DATASET, name=name, split="train", streaming=True)
         except Exception as e:  # network errors come in many types; say what to do instead
@@ -131,12 +174,17 @@ def open_stream(source, name, text_column):
 # -- tokenization (worker processes) -------------------------------------------------------------------------------
 
 def _tokenize(text):
-    enc = get_encoding()
-    return np.array([EOT] + enc.encode_ordinary(text), dtype=np.uint16)  # EOT before every document
+    """(tokens with EOT first, None), or (None, what is wrong) for a document that cannot be tokenized."""
+    if not isinstance(text, str):
+        return None, "non-string text"
+    try:
+        return np.array([EOT] + get_encoding().encode_ordinary(text), dtype=np.uint16), None
+    except (UnicodeError, ValueError):  # e.g. a lone surrogate from a JSON escape
+        return None, "undecodable"
 
 
 def tokenized(docs, workers, skip=0):
-    """(doc_index, tokens) in stream order; tokenization spread over `workers` processes."""
+    """(doc_index, (tokens, problem)) in stream order; tokenization spread over `workers` processes."""
     import itertools
     docs = itertools.islice(docs, skip, None)
     if workers <= 1:
@@ -158,11 +206,71 @@ def check_out_dir(out_dir, identity):
     for fname in ("progress.json", "meta.json"):
         f = out_dir / fname
         if f.is_file():
-            other = json.loads(f.read_text()).get("identity")
+            try:
+                other = json.loads(f.read_text()).get("identity")
+            except (ValueError, AttributeError, UnicodeDecodeError):
+                raise PrepareError(f"{f} is damaged (not the JSON this script writes); delete {out_dir} and rerun "
+                                   f"to start over") from None
             if other != identity:
                 diff = {k: (other or {}).get(k) for k in identity if (other or {}).get(k) != identity[k]}
                 raise PrepareError(f"{out_dir} holds shards made with other settings ({diff}); "
                                    f"pass another --out_dir or delete {out_dir}")
+
+
+class ShardWriter:
+    """Cuts the stream of training tokens into shards of exactly shard_tokens (the last one may be shorter).
+
+    Documents are added as (doc index, offset of the first token within the doc, tokens). Each complete shard is
+    written atomically and recorded in progress.json with the stream position of the first token not yet in a
+    shard, so a rerun resumes exactly there and writes byte-identical files.
+    """
+
+    def __init__(self, out_dir, prefix, shard_tokens, progress, progress_path, kept):
+        self.out_dir, self.prefix, self.shard_tokens = out_dir, prefix, shard_tokens
+        self.progress, self.progress_path = progress, progress_path
+        self.kept = kept  # records of the complete shards
+        self.total = sum(r["tokens"] for r in kept)  # tokens in complete shards
+        self.buf = []  # [doc index, offset within the doc, tokens] not yet in a shard
+
+    def pending(self) -> int:
+        return sum(len(c[2]) for c in self.buf)
+
+    def add(self, doc_i, offset, toks):
+        self.buf.append([doc_i, offset, toks])
+
+    def flush(self, next_doc, train_docs, final=False):
+        """Write every complete shard (and, if final, the rest)."""
+        while self.pending() >= self.shard_tokens or (final and self.buf):
+            take, parts = self.shard_tokens, []
+            while take > 0 and self.buf:
+                d, off, toks = self.buf[0]
+                parts.append(toks[:take])
+                if len(toks) > take:
+                    self.buf[0] = [d, off + take, toks[take:]]
+                else:
+                    self.buf.pop(0)
+                take -= len(parts[-1])
+            path = shard_name(self.out_dir, self.prefix, "train", len(self.kept) + 1)
+            write_shard(path, np.concatenate(parts))
+            n = sum(len(p) for p in parts)
+            self.total += n
+            at = (self.buf[0][0], self.buf[0][1]) if self.buf else (next_doc, 0)  # the first token not in a shard
+            self.kept.append({"file": path.name, "tokens": n, "next_doc": at[0], "next_offset": at[1],
+                              "train_docs": train_docs - sum(1 for c in self.buf if c[1] == 0)})
+            self.progress["train_shards"] = self.kept
+            write_json(self.progress_path, self.progress)
+
+
+def read_progress(path, identity):
+    if not path.is_file():
+        return {"identity": identity, "train_shards": []}
+    try:
+        progress = json.loads(path.read_text())
+        progress["train_shards"]
+        return progress
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise PrepareError(f"{path} is damaged (not the JSON this script writes); delete {path.parent} and rerun "
+                           f"to start over") from None
 
 
 def prepare(args):
@@ -174,104 +282,82 @@ def prepare(args):
                 "val_tokens": args.val_tokens, "shard_tokens": args.shard_tokens, "max_tokens": args.max_tokens}
     if out_dir.exists() and not out_dir.is_dir():
         raise PrepareError(f"--out_dir {out_dir} is a file; pass a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_out_dir(out_dir, identity)
-    if (out_dir / "meta.json").is_file():
-        meta = json.loads((out_dir / "meta.json").read_text())
-        if all(shard_is_valid(out_dir / s) for s in meta["shards"]):
-            print(f"{out_dir}: already complete ({meta['tokens']['train']:,} train + {meta['tokens']['val']:,} "
-                  f"val tokens); nothing to do")
-            return meta
+    if out_dir.is_dir():
+        check_out_dir(out_dir, identity)
+        if (out_dir / "meta.json").is_file():
+            meta = json.loads((out_dir / "meta.json").read_text())
+            if all(shard_is_valid(out_dir / s) for s in meta["shards"]):
+                print(f"{out_dir}: already complete ({meta['tokens']['train']:,} train + {meta['tokens']['val']:,} "
+                      f"val tokens); nothing to do")
+                return meta
     prefix = {"sample": "sample", "fineweb-edu": "edufineweb"}.get(src_name, "local")
 
     # resume point: the last train shard that is complete, valid, and has its stream position recorded
     progress_path = out_dir / "progress.json"
-    progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {"identity": identity}
+    progress = read_progress(progress_path, identity)
     resume = None
-    for rec in progress.get("train_shards", []):
+    for rec in progress["train_shards"]:
         if shard_is_valid(out_dir / rec["file"]) and shard_is_valid(out_dir / progress.get("val_file", "-")):
             resume = rec
         else:
             break
-    kept = progress.get("train_shards", [])[: progress.get("train_shards", []).index(resume) + 1] if resume else []
-
-    val_target = args.val_tokens
+    kept = progress["train_shards"][: progress["train_shards"].index(resume) + 1] if resume else []
     if resume:  # the val shard is complete and the stream position after the last good train shard is known
         val_done, val_end_doc, val_docs = True, progress["val_end_doc"], progress["val_docs"]
-        start_doc, start_offset = resume["next_doc"], resume["next_offset"]
-        train_total, train_docs = sum(r["tokens"] for r in kept), resume["train_docs"]
+        start_doc, start_offset, train_docs = resume["next_doc"], resume["next_offset"], resume["train_docs"]
         print(f"resuming after {len(kept)} complete train shard(s), at document {start_doc:,}")
     else:
         val_done, val_end_doc, val_docs = False, None, 0
-        start_doc, start_offset, train_total, train_docs = 0, 0, 0, 0
+        start_doc, start_offset, train_docs = 0, 0, 0
         progress = {"identity": identity, "train_shards": []}
-    val_buf, val_count = [], 0
-    buf = []  # pending train chunks: [doc index, offset of the chunk's first token in that doc, tokens]
-    next_doc = start_doc
 
-    def write_train_shards(final=False):
-        nonlocal buf, train_total
-        while sum(len(c[2]) for c in buf) >= args.shard_tokens or (final and buf):
-            take, parts = args.shard_tokens, []
-            while take > 0 and buf:
-                d, off, toks = buf[0]
-                parts.append(toks[:take])
-                if len(toks) > take:
-                    buf[0] = [d, off + take, toks[take:]]
-                else:
-                    buf.pop(0)
-                take -= len(parts[-1])
-            path = shard_name(out_dir, prefix, "train", len(kept) + 1)
-            write_shard(path, np.concatenate(parts))
-            n = sum(len(p) for p in parts)
-            train_total += n
-            # where a rerun picks up: the first token not yet in a shard
-            at = (buf[0][0], buf[0][1]) if buf else (next_doc, 0)
-            kept.append({"file": path.name, "tokens": n, "next_doc": at[0], "next_offset": at[1],
-                         "train_docs": train_docs - sum(1 for c in buf if c[1] == 0)})
-            progress["train_shards"] = kept
-            _write_json(progress_path, progress)
-
-    docs = open_stream(args.source, args.name, args.text_column)
+    docs = open_stream(args.source, args.name, args.text_column)  # fails (offline, bad input) before any write
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(out_dir, prefix, args.shard_tokens, progress, progress_path, kept)
+    val_buf, val_count, next_doc, skipped = [], 0, start_doc, {}
     t0 = time.time()
     from tqdm import tqdm
     bar = tqdm(unit="tok", unit_scale=True, desc=f"tokenizing {src_name}", disable=args.quiet)
     try:
-        for doc_i, toks in tokenized(docs, args.workers, skip=start_doc):
-            bar.update(len(toks))
+        for doc_i, (toks, problem) in tokenized(docs, args.workers, skip=start_doc):
             next_doc = doc_i + 1
-            val_candidate = doc_i % VAL_EVERY == 0 and (val_end_doc is None or doc_i < val_end_doc)
-            if val_candidate:
+            if problem:  # a document that cannot be tokenized keeps its index, so the split stays the same
+                skipped[problem] = skipped.get(problem, 0) + 1
+                continue
+            bar.update(len(toks))
+            if doc_i % VAL_EVERY == 0 and (val_end_doc is None or doc_i < val_end_doc):
                 if not val_done:
                     val_buf.append(toks)
                     val_count += len(toks)
                     val_docs += 1
-                    if val_target and val_count >= val_target:
+                    if args.val_tokens and val_count >= args.val_tokens:
                         val_done, val_end_doc = True, doc_i + 1
-                        _finish_val(out_dir, prefix, val_buf, val_target, progress, val_end_doc, val_docs)
-                        _write_json(progress_path, progress)
+                        finish_val(out_dir, prefix, val_buf, args.val_tokens, progress, val_end_doc, val_docs)
+                        write_json(progress_path, progress)
                         val_buf = []
                 continue  # (a val document of an earlier, complete val shard is skipped likewise)
             offset = start_offset if doc_i == start_doc else 0
             toks = toks[offset:]
             if args.max_tokens:
-                room = args.max_tokens - train_total - sum(len(c[2]) for c in buf)
-                toks = toks[:max(room, 0)]
+                toks = toks[:max(args.max_tokens - writer.total - writer.pending(), 0)]
             if len(toks):
-                buf.append([doc_i, offset, toks])
+                writer.add(doc_i, offset, toks)
                 train_docs += offset == 0  # a document resumed mid-way was counted before
-                write_train_shards()
-            if args.max_tokens and train_total + sum(len(c[2]) for c in buf) >= args.max_tokens and val_done:
+                writer.flush(next_doc, train_docs)
+            if args.max_tokens and writer.total + writer.pending() >= args.max_tokens and val_done:
                 break
         if not val_done:  # the corpus ended before val_tokens: everything collected is the val set
             if not val_buf:
                 raise PrepareError("the corpus is too small to hold any validation document; pass more data")
             val_done, val_end_doc = True, next_doc
-            _finish_val(out_dir, prefix, val_buf, None, progress, val_end_doc, val_docs)
-        write_train_shards(final=True)
+            finish_val(out_dir, prefix, val_buf, None, progress, val_end_doc, val_docs)
+        writer.flush(next_doc, train_docs, final=True)
     finally:
         bar.close()
-    if train_total == 0:
+    if skipped:
+        print(f"skipped {sum(skipped.values())} document(s): "
+              + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+    if writer.total == 0:
         raise PrepareError("no training tokens were written (the corpus only fills the val split); "
                            "lower --val_tokens or pass more data")
     val_file = progress["val_file"]
@@ -279,19 +365,19 @@ def prepare(args):
         "identity": identity, "source": identity["source"], "dataset": HUB_DATASET if src_name == "fineweb-edu"
         else None, "name": identity["name"], "tokenizer": "gpt2 (tiktoken r50k_base)",
         "tokenizer_sha256": RANKS_SHA256, "format": "llm.c .bin: 256 x int32 header (20240520, 1, count), uint16",
-        "documents": {"train": train_docs, "val": progress["val_docs"]},
-        "tokens": {"train": train_total, "val": read_header(out_dir / val_file)},
-        "shards": [val_file] + [r["file"] for r in kept],
+        "documents": {"train": train_docs, "val": progress["val_docs"]}, "skipped_documents": skipped,
+        "tokens": {"train": writer.total, "val": read_header(out_dir / val_file)},
+        "shards": [val_file] + [r["file"] for r in writer.kept],
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "seconds": round(time.time() - t0, 1),
     }
-    _write_json(out_dir / "meta.json", meta)
-    print(f"wrote {out_dir}: {meta['tokens']['train']:,} train tokens in {len(kept)} shard(s), "
+    write_json(out_dir / "meta.json", meta)
+    print(f"wrote {out_dir}: {meta['tokens']['train']:,} train tokens in {len(writer.kept)} shard(s), "
           f"{meta['tokens']['val']:,} val tokens ({meta['documents']['val']} docs)")
     return meta
 
 
-def _finish_val(out_dir, prefix, val_buf, cut, progress, val_end_doc, val_docs):
+def finish_val(out_dir, prefix, val_buf, cut, progress, val_end_doc, val_docs):
     flat = np.concatenate(val_buf)
     if cut:
         flat = flat[:int(cut)]
@@ -300,10 +386,8 @@ def _finish_val(out_dir, prefix, val_buf, cut, progress, val_end_doc, val_docs):
     progress.update(val_file=path.name, val_end_doc=val_end_doc, val_docs=val_docs)
 
 
-def _write_json(path, obj):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def write_json(path, obj):
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 def parse_args(argv=None):

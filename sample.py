@@ -4,25 +4,11 @@
 """
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
+from checkpoint import CheckpointError, load_checkpoint
 from tokenizer import get_encoding
-from train import CheckpointError, latest_checkpoint, load_checkpoint
-
-
-def resolve_checkpoint(path):
-    """A checkpoint file, or a run folder (its newest readable checkpoint)."""
-    path = Path(path)
-    if path.is_dir():
-        found, _ = latest_checkpoint(path, log=lambda m: print(m, file=sys.stderr))
-        if found is None:
-            raise CheckpointError(f"no checkpoint (ckpt_*.pt) in {path}; train one with train.py first")
-        return found
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a ckpt_*.pt file or a run folder")
-    return path
 
 
 def main(argv=None):
@@ -39,7 +25,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        model, ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device=device)
+        model, ckpt = load_checkpoint(args.checkpoint, device=device)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

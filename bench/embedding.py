@@ -44,11 +44,12 @@ def build(method, V, P, d, tb, device):
     torch.manual_seed(0)
     if method == "nn.Embedding":
         return nn.Embedding(V, d).to(device)
-    if method.startswith("kronecker-"):
-        return KroneckerEmbedding(V, d, P, method.split("-")[1], tb).to(device)
+    family, _, mode = method.partition("-")
+    if family != "reference":  # nanokron's own modes
+        return KroneckerEmbedding(V, d, P, mode, tb).to(device)
     import kronecker_embeddings as ref
     ours = KroneckerEmbedding(V, d, P, "sparse", tb)  # same raw bytes for both: same work
-    return ref.KroneckerEmbedding(V, d, pos_dim=P, mode=method.split("-")[1], byte_buffer=ours.byte_table,
+    return ref.KroneckerEmbedding(V, d, pos_dim=P, mode=mode, byte_buffer=ours.byte_table,
                                   length_buffer=ours.lengths).to(device)
 
 

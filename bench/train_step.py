@@ -26,7 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
+from config import load_config  # noqa: E402
 from model import ARMS  # noqa: E402
+from runtime import Runtime, peak_flops, setup_runtime  # noqa: E402
 from tokenizer import N_VOCAB  # noqa: E402
 
 
@@ -51,18 +53,22 @@ def allow_many_compiled_models(n: int):
 
 def random_batches(cfg, rt, accum, seed=0):
     g = torch.Generator().manual_seed(seed)
-    shape = (cfg.batch_size, cfg.block_size)
+    shape = (cfg.batch_size, cfg.model.block_size)
     return [tuple(train.to_device(torch.randint(0, N_VOCAB, shape, generator=g), rt) for _ in range(2))
             for _ in range(accum)]
 
 
 def build_variant(cfg, rt, arm, mode="sparse", fused=True):
-    c = train.TrainConfig(**{**cfg.__dict__, "input_embedding": arm, "kron_mode": mode, "fused_head": fused})
+    c = cfg.replace(input_embedding=arm, kron_mode=mode, fused_head=fused)
     raw, model = train.build_model(c, rt)
     opt = raw.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), rt.device_type)
     return dict(arm=arm, mode=mode, fused=fused, raw=raw, model=model, opt=opt, times=[], peak_mem=0.0,
-                losses=[], flops=raw.estimate_flops_per_token(cfg.batch_size * cfg.block_size),
+                losses=[], flops=raw.estimate_flops_per_token(cfg.batch_size * cfg.model.block_size),
                 params=raw.num_params())
+
+
+def eager(rt: Runtime) -> Runtime:
+    return Runtime(**{**rt.__dict__, "compile": False})
 
 
 def timed_step(run, batches, rt, cfg):
@@ -91,7 +97,7 @@ def time_interleaved(runs, batches, rt, cfg, steps, warmup):
 
 
 def summarize(runs, cfg, rt, steps):
-    peak = train.peak_flops(rt.device)
+    peak = peak_flops(rt.device)
     base = next((r for r in runs if r["arm"] == "bpe_tied" and r["fused"]), runs[0])
     base_ms = statistics.median(base["times"])
     rows = []
@@ -139,8 +145,8 @@ def main(argv=None):
     ap.add_argument("--fused", default="both", choices=("both", "on", "off"), help="fused head variants to run")
     ap.add_argument("--json", default=None)
     args, overrides = ap.parse_known_args(argv)
-    cfg = train.load_config([args.config, *overrides])
-    rt = train.setup_runtime(cfg)
+    cfg = load_config([args.config, *overrides])
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.compile)
     accum = train.grad_accum_steps(cfg, rt.world)
     names = variants(args.arms.split(","), args.kron_modes.split(","),
                      ("on", "off") if args.fused == "both" else (args.fused,))

@@ -7,8 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sample import resolve_checkpoint  # noqa: E402
-from train import CheckpointError, load_checkpoint  # noqa: E402
+from checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint  # noqa: E402
 
 
 class ProbeError(RuntimeError):

@@ -40,7 +40,7 @@ def continue_text(model, ids, oov, max_new_tokens, generator, temperature=0.0, t
     """Generate from `ids`; positions in `oov` ({pos: bytes}) are fed as one codec vector of those bytes."""
     wte = model.transformer.wte
     fixed = {p: wte.embed_bytes(b) for p, b in oov.items()}
-    table = wte.full_table() if model.config.input_embedding == "kronecker_tied" else None  # frozen: build once
+    table = model.shared_table()  # frozen weights: a tied codec arm's table is built once, not per token
     x = torch.tensor([ids])
     for _ in range(max_new_tokens):
         ctx = x[:, -model.config.block_size:]

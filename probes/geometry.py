@@ -1,6 +1,6 @@
 """Embedding geometry: what are a word's nearest neighbours in each model's input-embedding space?
 
-    python probes/geometry.py --checkpoints CKPT [CKPT ...] --out results/.../geometry.json [--k 10] [--codec]
+    python probes/geometry.py --checkpoints CKPT [CKPT ...] --out results/.../geometry.json [--k 10] [--no_codec]
 
 For probe words in families (run, compute, nation, code, act, build), take each single-token form of the word
 (" run", "run", " Run", ...), find its top-k neighbours among the real GPT-2 vocabulary by centered cosine
@@ -8,8 +8,8 @@ For probe words in families (run, compute, nation, code, act, build), take each 
   typographic    the same word up to case, a leading space or punctuation  (" Run" for " run")
   morphological  another word of the family: shares the family root        (" running", " runner")
   other          anything else
-Reported as typographic@k and morph@k (share of the k neighbours), per model; with --codec also for the untrained
-codec itself (the z-normalised byte vectors x(t), before any learned projection).
+Reported as typographic@k and morph@k (share of the k neighbours), per model, and (unless --no_codec) for the
+untrained codec itself (the z-normalised byte vectors x(t), before any learned projection).
 """
 import re
 
@@ -18,7 +18,7 @@ from _common import probe_parser, load_models, run_main, write_outputs
 import torch
 import torch.nn.functional as F
 
-from model import codec_bytes, codec_dense
+from model import byte_rows, codec_dense
 from tokenizer import N_VOCAB, get_encoding, token_bytes
 
 FAMILIES = {
@@ -69,14 +69,7 @@ def neighbours(table, qids, k):
 @torch.no_grad()
 def codec_table(P):
     """The untrained codec x(t) for the real vocabulary, (V, 256 P) float32."""
-    tb = token_bytes(N_VOCAB)
-    table = torch.zeros(N_VOCAB, P, dtype=torch.uint8)
-    lengths = torch.zeros(N_VOCAB, dtype=torch.uint8)
-    for i, raw in enumerate(tb):
-        b = codec_bytes(raw, P)
-        table[i, :len(b)] = torch.tensor(list(b), dtype=torch.uint8)
-        lengths[i] = len(b)
-    return codec_dense(table, lengths)
+    return codec_dense(*byte_rows(token_bytes(N_VOCAB), P))
 
 
 def score(table, enc, k):
@@ -100,8 +93,7 @@ def run(checkpoints, k=10, with_codec=True, codec_P=16, device="cpu"):
     if with_codec:
         res["models"][f"untrained codec (P={codec_P})"] = {"arm": "codec", **score(codec_table(codec_P), enc, k)}
     for label, model, ckpt, path in load_models(checkpoints, device):
-        wte = model.transformer.wte
-        table = wte.full_table() if model.config.arm.codec else wte.weight
+        table = model.input_table()
         res["models"][label] = {"checkpoint": path, "arm": model.config.input_embedding, "step": ckpt["step"],
                                 **score(table[:N_VOCAB].float(), enc, k)}
     return res

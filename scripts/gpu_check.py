@@ -17,7 +17,6 @@ Needs only torch, numpy, tiktoken and tqdm: no datasets, no wandb.
 """
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -34,8 +33,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import check_modes  # noqa: E402
 import train  # noqa: E402
 import train_step  # noqa: E402
+from config import load_config  # noqa: E402
 from data import ShardLoader  # noqa: E402
 from model import ARMS  # noqa: E402
+from runtime import peak_flops, setup_runtime  # noqa: E402
 
 # first guesses of each step's seconds (a compile of a 124M GPT is about a minute); replaced by measurements
 ESTIMATE = {"full": {"a": 40, "compile": 75, "b_steps": 15, "c": 25, "d": 120, "e": 45, "f": 90, "g": 120},
@@ -91,8 +92,8 @@ def step_train_arms(ck, cfg, rt, data, n_steps):
             continue
         t = time.time()
         run = train_step.build_variant(cfg, rt, arm)
-        loader = ShardLoader(data, "train", cfg.batch_size, cfg.block_size, shuffle=True, seed=cfg.seed,
-                             vocab_size=cfg.vocab_size)
+        loader = ShardLoader(data, "train", cfg.batch_size, cfg.model.block_size, shuffle=True, seed=cfg.seed,
+                             vocab_size=cfg.model.vocab_size)
         first_done = None
         try:
             for i in range(n_steps):
@@ -117,7 +118,7 @@ def step_train_arms(ck, cfg, rt, data, n_steps):
         falls = tail < head - (0.5 if ck.result["smoke"] else 1.0)
         ms = statistics.median(run["times"])
         tok_s = cfg.total_batch_size / (ms / 1000)
-        peak = train.peak_flops(rt.device)
+        peak = peak_flops(rt.device)
         mfu = run["flops"] * tok_s / peak if peak else None
         mfu_s = f", MFU {100 * mfu:.1f}%" if mfu is not None else ""
         ck.record(key, "ok" if falls else "fail",
@@ -152,12 +153,11 @@ def step_fused_head(ck, cfg, rt, steps):
     train_step.time_interleaved(runs, batches, rt, cfg, steps, 2)
     rows = [{"batch_size": cfg.batch_size, **r} for r in train_step.summarize(runs, cfg, rt, steps)]
     del runs, batches
-    rt_eager = train.Runtime(**{**rt.__dict__, "compile": False})
+    rt_eager = train_step.eager(rt)
     fits = {}
     sizes = [4, 8] if ck.result["smoke"] else [32, 64, 128, 256]
     for B in sizes:
-        c = train.TrainConfig(**{**cfg.__dict__, "batch_size": B, "total_batch_size": B * cfg.block_size,
-                                 "compile": "false"})
+        c = cfg.replace(batch_size=B, total_batch_size=B * cfg.model.block_size, compile="false")
         for fused in (True, False):
             if fits.get(fused) is False:
                 continue  # a smaller micro-batch already did not fit
@@ -192,7 +192,7 @@ def step_dense_modes(ck, cfg, rt, steps):
     if not ck.fits("e dense modes", ck.est["e"]):
         return
     t = time.time()
-    rt_eager = train.Runtime(**{**rt.__dict__, "compile": False})
+    rt_eager = train_step.eager(rt)
     runs = [train_step.build_variant(cfg, rt_eager, "kronecker", m) for m in ("sparse", "dynamic", "cached")]
     train_step.time_interleaved(runs, train_step.random_batches(cfg, rt_eager, 1), rt_eager, cfg, steps, 1)
     rows = train_step.summarize(runs, cfg, rt_eager, steps)
@@ -273,15 +273,15 @@ def main(argv=None):
     cfg_path = str(ROOT / ("configs/smoke.py" if args.smoke else "configs/gpt2_124m.py"))
     size = [] if args.smoke else ["--batch_size=16", "--total_batch_size=16384", "--warmup_steps=10",
                                   "--max_steps=50"]
-    cfg = train.load_config([cfg_path, f"--data_dir={args.data}", *size])
-    rt = train.setup_runtime(cfg)
+    cfg = load_config([cfg_path, f"--data_dir={args.data}", *size])
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.compile)
     dev = torch.cuda.get_device_name(rt.device) if rt.device_type == "cuda" else "cpu"
     (out / "summary.md").write_text(
         f"# GPU check on {dev}\n\ntorch {torch.__version__}, {str(rt.ptdtype).replace('torch.', '')}, compile "
-        f"{rt.compile}, peak {train.peak_flops(rt.device) or 'n/a'} FLOP/s for MFU, budget {args.budget_s:.0f} s"
+        f"{rt.compile}, peak {peak_flops(rt.device) or 'n/a'} FLOP/s for MFU, budget {args.budget_s:.0f} s"
         f"{', smoke size' if args.smoke else ''}\n\n")
     ck = Check(out, args.budget_s, args.smoke)
-    ck.result.update(device=dev, peak_flops=train.peak_flops(rt.device), compile=rt.compile)
+    ck.result.update(device=dev, peak_flops=peak_flops(rt.device), compile=rt.compile)
     if rt.compile:
         train_step.allow_many_compiled_models(len(ARMS))
     steps = 10 if args.smoke else 50

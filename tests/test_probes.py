@@ -56,7 +56,7 @@ def test_robustness_on_every_arm(smoke_ckpts, tmp_path):
 
 
 def test_kl_is_zero_for_identical_inputs(smoke_ckpts):
-    from train import load_checkpoint
+    from checkpoint import load_checkpoint
     from tokenizer import get_encoding
     model, _ = load_checkpoint(smoke_ckpts["kronecker"])
     p = {"category": "x", "clean": "It is a truth universally", "typo": "It is a truth universally"}
@@ -95,9 +95,9 @@ def test_generation_with_forced_oov(smoke_ckpts, tmp_path):
                                        for d in ("greedy", "sampled")}
         oov = [c for c in m["completions"] if c["condition"] == "forced_oov"]
         assert len(oov) == 2 * len(generation.ITEMS)
-        assert all(c["codec_input"] == m["arm"].startswith("kronecker") for c in oov)
+        assert all(c["codec_input"] == ARMS[m["arm"]].codec for c in oov)
     # the forced-OOV position really is the codec vector of the word's bytes
-    from train import load_checkpoint
+    from checkpoint import load_checkpoint
     from tokenizer import get_encoding
     model, _ = load_checkpoint(smoke_ckpts["kronecker"])
     enc = get_encoding()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import checkpoint
 import train
 from conftest import ROOT, run_train
 from data import write_shard
@@ -60,9 +61,10 @@ def test_corrupt_latest_checkpoint_falls_back(smoke_runs, sample_dir, tmp_path, 
     out = tmp_path / "run"
     shutil.copytree(smoke_runs["bpe_tied"][0], out)
     (out / "ckpt_0000020.pt").write_bytes(b"garbage")
-    path, ckpt = train.latest_checkpoint(out)
+    path, ckpt = checkpoint.latest_checkpoint(out)
     assert path.name == "ckpt_0000010.pt" and ckpt["step"] == 10
-    assert "falling back" in capsys.readouterr().out
+    assert "using an earlier checkpoint" in capsys.readouterr().err
+    assert (out / "ckpt_0000020.pt").exists()  # a reader never moves files
 
 
 # -- non-finite loss -------------------------------------------------------------------------------------------
@@ -86,7 +88,8 @@ def test_nonfinite_loss_stops_without_touching_the_last_checkpoint(sample_dir, t
         run_train(out, sample_dir, "--max_steps=12", "--ckpt_interval=3")
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "non-finite loss or gradient norm at step 8" in err[0] and "ckpt_0000006.pt" in err[0]
+    assert len(err) == 1 and "diverged at step 8 (non-finite loss or gradient norm)" in err[0], err
+    assert "resume from ckpt_0000006.pt" in err[0]
     assert sorted(p.name for p in out.glob("ckpt_*.pt")) == ["ckpt_0000003.pt", "ckpt_0000006.pt"]
     assert hashlib.sha256((out / "ckpt_0000006.pt").read_bytes()).hexdigest() == digest
 
@@ -138,8 +141,8 @@ CASES = {
     "unknown key": (["--learnig_rate=1"], "unknown config key 'learnig_rate'; did you mean 'learning_rate'?"),
     "bad value": (["--max_steps=abc"], "bad value 'abc' for max_steps: expected int"),
     "bad bool": (["--shuffle=maybe"], "bad value 'maybe' for shuffle: expected true or false"),
-    "unknown arm": (["--input_embedding=kron"], "choose one of bpe_tied, kronecker, bpe_untied"),
-    "unknown mode": (["--kron_mode=fast"], "choose one of sparse, dynamic, cached"),
+    "unknown arm": (["--input_embedding=kron"], "valid: bpe_tied, kronecker, bpe_untied"),
+    "unknown mode": (["--kron_mode=fast"], "valid: sparse, dynamic, cached"),
     "batch not divisible": (["--total_batch_size=300"], "not divisible by batch_size x block_size x world"),
     "val too small": (["--batch_size=64", "--block_size=1024", "--total_batch_size=65536"], "'val' shards"),
     "missing data dir": (["--data_dir=/nonexistent/nanokron"], "does not exist"),
