@@ -37,6 +37,25 @@ ARMS = {
 KRON_MODES = ("sparse", "dynamic", "cached")
 
 
+def comparisons(arms) -> list:
+    """The paired comparisons a study reports, as (arm, reference): every arm against the baseline (the first arm
+    of ARMS), then every other pair that differs in exactly one factor -- the reference being the arm without the
+    codec, or (same input side) the one with a head of its own."""
+    arms = [a for a in ARMS if a in arms] + [a for a in arms if a not in ARMS]
+    base = next(iter(ARMS))
+    out = [(a, base) for a in arms if a != base] if base in arms else []
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            if base in (a, b) or a not in ARMS or b not in ARMS:
+                continue
+            x, y = ARMS[a], ARMS[b]
+            if (x.codec != y.codec) + (x.tied != y.tied) != 1:
+                continue
+            ref = (b if x.codec else a) if x.codec != y.codec else (b if not y.tied else a)
+            out.append((a if ref == b else b, ref))
+    return out
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024

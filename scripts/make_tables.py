@@ -1,28 +1,42 @@
 """Regenerate the comparison tables and curves from the runs' metrics.jsonl files.
 
-    python scripts/make_tables.py RUNS_DIR --out OUT
+    python scripts/make_tables.py RUNS_DIR --out OUT [--eval DIR]
 
-RUNS_DIR holds one folder per run named <arm>_s<seed>/ with the metrics.jsonl that train.py wrote.
-Writes OUT/loss_table.md, OUT/summary.json, OUT/val_loss.png, OUT/train_loss.png, OUT/norms.png.
+RUNS_DIR holds one folder per run named <arm>_s<seed>/ with the metrics.jsonl that train.py wrote. Writes
+OUT/loss_table.md, OUT/summary.json, OUT/val_loss.png, OUT/train_loss.png, OUT/norms.png, OUT/delta.png; with
+downstream evaluations (scripts/eval_lm.sh writes EVAL/<arm>_s<seed>.json; default: RUNS_DIR/../eval) also an
+evaluation table.
 
-Definitions (DESIGN §6): final val loss = the last val_loss of a run. Every comparison is paired by seed:
-delta = arm - reference (nats; negative means the arm reaches lower loss), in % of the reference;
-steps-to-target = reference's final step / the first step at which the arm's val loss <= the reference's final
-val loss (linear interpolation between evals). The paper's numbers sit in their own table, never mixed with ours.
+Definitions. Final val loss = the last val_loss of a run. Every comparison is paired by seed (at one seed the arms
+start from the same trunk and see the same data): Δ = arm - reference in nats (negative: the arm reaches lower
+loss), with n, mean ± sample std, a 95 % paired-t confidence interval, the paired t-test's two-sided p, and the
+exact sign-flip permutation p (all 2^n sign patterns; at n = 5 it cannot go below 2/32 = 0.0625).
+Steps-to-target, symmetric: L* = the worse (higher) of the two final val losses of a seed; ratio = reference's
+first (interpolated) step reaching L* / the arm's first step reaching L* (> 1: the arm gets there faster). Both
+runs reach L*, so every seed counts. The paper's definition (reference's final step / the arm's first step
+reaching the reference's final loss) is a second column, defined only for the seeds where the arm gets there.
+The paper's numbers sit in their own table, never mixed with ours.
 """
 import argparse
 import json
 import math
 import re
 import statistics
+import sys
+from itertools import product
 from pathlib import Path
 
-ARM_ORDER = ["bpe_tied", "kronecker", "bpe_untied", "kronecker_tied"]
-BASELINE = "bpe_tied"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model import ARMS, comparisons  # noqa: E402
+
 NORM_KEYS = ["norm/input_row", "norm/input_emb", "norm/head_row"]
 # Reported by the paper (arXiv 2605.29459, GPT-2 124M, 2.5B FineWeb-Edu tokens, 3 seeds). Not ours.
 PAPER = {"bpe_tied_val_loss": 3.32, "kronecker_val_loss": 3.24, "gap_nats": "0.083 ± 0.007",
          "gap_pct": "2.5 ± 0.2", "steps_to_target_ratio": 1.43, "input_params": "38.6M -> 3.1M"}
+
+
+class TablesError(RuntimeError):
+    pass
 
 
 # -- reading -------------------------------------------------------------------------------------------------------
@@ -37,8 +51,9 @@ def read_runs(runs_dir):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         runs.setdefault(m.group(1), {})[int(m.group(2))] = rows
     if not runs:
-        raise SystemExit(f"error: no <arm>_s<seed>/metrics.jsonl under {runs_dir}; run scripts/compare.sh first")
-    return dict(sorted(runs.items(), key=lambda kv: (ARM_ORDER + [kv[0]]).index(kv[0])))
+        raise TablesError(f"no <arm>_s<seed>/metrics.jsonl under {runs_dir}; run scripts/compare.sh first")
+    order = list(ARMS)
+    return dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
 
 
 def series(rows, key):
@@ -56,7 +71,66 @@ def mean_std(values):
     values = list(values)
     if not values:
         return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _betacf(a, b, x):
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1 + num * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1) < 1e-15:
+            break
+    return h
+
+
+def betainc(a, b, x):
+    """Regularized incomplete beta I_x(a, b)."""
+    if x <= 0 or x >= 1:
+        return 0.0 if x <= 0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _betacf(a, b, x) / a
+    return 1 - front * _betacf(b, a, 1 - x) / b
+
+
+def t_two_sided_p(t, df):
+    """P(|T| >= |t|) for Student's t with df degrees of freedom."""
+    return betainc(df / 2, 0.5, df / (df + t * t))
+
+
+def t_quantile(q, df):
+    """The t value with P(T <= t) = q (0.5 < q < 1), by bisection on the two-sided tail."""
+    lo, hi = 0.0, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > 2 * (1 - q) else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_stats(deltas):
+    """n, mean, sample std, 95 % paired-t CI, t-test p, exact sign-flip p of paired differences."""
+    n = len(deltas)
+    mean, sd = mean_std(deltas)
+    out = {"n": n, "mean": mean, "std": sd, "ci95": None, "p_t": None, "p_signflip": None}
+    if n < 2:
+        return out
+    half = t_quantile(0.975, n - 1) * sd / math.sqrt(n)
+    out["ci95"] = [mean - half, mean + half]
+    out["p_t"] = 1.0 if sd == 0 and mean == 0 else (0.0 if sd == 0 else t_two_sided_p(mean / (sd / math.sqrt(n)),
+                                                                                       n - 1))
+    observed = abs(mean) - 1e-12
+    flips = [abs(statistics.fmean(s * d for s, d in zip(signs, deltas))) for signs in product((1, -1), repeat=n)]
+    out["p_signflip"] = sum(f >= observed for f in flips) / len(flips)
+    return out
 
 
 def steps_to_target(curve, target):
@@ -79,16 +153,34 @@ def compare(runs, arm, ref):
     for s in seeds:
         a, r = series(runs[arm][s], "val_loss"), series(runs[ref][s], "val_loss")
         delta = a[-1][1] - r[-1][1]
+        worse = max(a[-1][1], r[-1][1])
+        sym = steps_to_target(r, worse) / max(steps_to_target(a, worse), 1e-9)
         hit = steps_to_target(a, r[-1][1])
         per_seed[s] = {"delta": delta, "delta_pct": 100 * delta / r[-1][1], "ppl_ratio": math.exp(delta),
-                       "steps_ratio": (r[-1][0] / hit) if hit else None, "step_at_target": hit}
-    out = {"arm": arm, "ref": ref, "seeds": seeds, "per_seed": per_seed}
-    for key in ("delta", "delta_pct", "ppl_ratio", "steps_ratio"):
+                       "steps_ratio_sym": sym, "steps_ratio_paper": (r[-1][0] / hit) if hit else None,
+                       "step_at_target": hit}
+    out = {"arm": arm, "ref": ref, "seeds": seeds, "per_seed": per_seed,
+           "delta": paired_stats([v["delta"] for v in per_seed.values()])}
+    for key in ("delta_pct", "ppl_ratio", "steps_ratio_sym", "steps_ratio_paper"):
         vals = [v[key] for v in per_seed.values() if v[key] is not None]
         out[key] = mean_std(vals)
         out[key + "_n"] = len(vals)
-    wins = sum(1 for v in per_seed.values() if v["delta"] < 0)
-    out["seeds_arm_lower"] = wins
+    out["seeds_arm_lower"] = sum(1 for v in per_seed.values() if v["delta"] < 0)
+    return out
+
+
+def delta_curves(runs, arm, ref):
+    """[(tokens, mean, ci_low, ci_high)] of the paired val-loss difference at every eval step all seeds share."""
+    seeds = sorted(set(runs[arm]) & set(runs[ref]))
+    a = {s: dict(series(runs[arm][s], "val_loss")) for s in seeds}
+    r = {s: dict(series(runs[ref][s], "val_loss")) for s in seeds}
+    steps = sorted(set.intersection(*(set(a[s]) & set(r[s]) for s in seeds))) if seeds else []
+    tok = _tokens_per_step(next(iter(runs[arm].values())))
+    out = []
+    for step in steps:
+        st = paired_stats([a[s][step] - r[s][step] for s in seeds])
+        lo, hi = st["ci95"] or (st["mean"], st["mean"])
+        out.append((step * tok, st["mean"], lo, hi))
     return out
 
 
@@ -112,19 +204,20 @@ def summarize(runs):
             "tokens": max((r.get("tokens") or 0) for r in any_rows),
             "norms": norms,
         }
-    pairs = [(a, BASELINE) for a in runs if a != BASELINE and BASELINE in runs]
-    if "kronecker" in runs and "bpe_untied" in runs:
-        pairs.append(("kronecker", "bpe_untied"))
-    if "kronecker_tied" in runs and "kronecker" in runs:
-        pairs.append(("kronecker_tied", "kronecker"))
-    return {"arms": arms, "comparisons": [compare(runs, a, r) for a, r in pairs], "paper": PAPER}
+    return {"arms": arms, "comparisons": [compare(runs, a, r) for a, r in comparisons(list(runs))], "paper": PAPER}
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
 
 def _pm(ms, fmt="{:.4f}"):
     m, s = ms
-    return "n/a" if m is None else f"{fmt.format(m)} ± {fmt.replace('+', '').format(s)}"
+    if m is None:
+        return "n/a"
+    return f"{fmt.format(m)} ± " + ("n/a" if s is None else fmt.replace("+", "").format(s))
+
+
+def _p(p):
+    return "n/a" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
 def markdown(summary, title):
@@ -134,19 +227,25 @@ def markdown(summary, title):
               "|---|---|---|---|---|---|---|"]
     for arm, a in A.items():
         per = ", ".join(f"{s}: {v:.4f}" for s, v in a["final_val_loss"].items())
-        lines.append(f"| {arm} | {len(a['seeds'])} | {a['val_loss_mean']:.4f} ± {a['val_loss_std']:.4f} | {per} | "
+        lines.append(f"| {arm} | {len(a['seeds'])} | {_pm((a['val_loss_mean'], a['val_loss_std']))} | {per} | "
                      f"{a['ppl_mean']:.2f} | {a['params'] or 0:,} | {a['input_params'] or 0:,} |")
     lines += ["", "## Paired comparisons (ours; by seed)", "",
-              "Δ = arm − reference in nats (negative: the arm reaches lower loss). Steps-to-target = reference's "
-              "final step ÷ the first (interpolated) step at which the arm reaches the reference's final val loss; "
-              "'not reached' when it never does.", "",
-              "| arm vs reference | Δ nats (mean ± std) | Δ % | perplexity ratio | steps-to-target ratio | "
-              "seeds where arm is lower |", "|---|---|---|---|---|---|"]
+              "Δ = arm − reference in nats (negative: the arm reaches lower loss); 95 % CI from the paired t "
+              "distribution; p: paired t-test, two-sided, and the exact sign-flip permutation test. Steps-to-target "
+              "(symmetric) = reference's first step reaching L* ÷ the arm's, L* = the worse of the two final "
+              "losses (> 1: the arm is faster; every seed counts). Paper's definition = reference's final step ÷ the "
+              "arm's first step reaching the reference's final loss, over the seeds where it does.", "",
+              "| arm vs reference | n | Δ nats (mean ± std) | 95 % CI | p (t) | p (sign-flip) | Δ % | "
+              "steps-to-target (symmetric) | steps-to-target (paper's) | seeds where arm is lower |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in summary["comparisons"]:
-        steps = (_pm(c["steps_ratio"], "{:.2f}") + (f" ({c['steps_ratio_n']}/{len(c['seeds'])} seeds)"
-                 if c["steps_ratio_n"] < len(c["seeds"]) else "")) if c["steps_ratio_n"] else "not reached"
-        lines.append(f"| {c['arm']} vs {c['ref']} | {_pm(c['delta'])} | {_pm(c['delta_pct'], '{:+.2f}')} | "
-                     f"{_pm(c['ppl_ratio'])} | {steps} | {c['seeds_arm_lower']}/{len(c['seeds'])} |")
+        d, n = c["delta"], len(c["seeds"])
+        ci = f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" if d["ci95"] else "n/a"
+        paper = (_pm(c["steps_ratio_paper"], "{:.2f}") + f" ({c['steps_ratio_paper_n']}/{n} seeds reached)"
+                 if c["steps_ratio_paper_n"] else f"not reached (0/{n})")
+        lines.append(f"| {c['arm']} vs {c['ref']} | {n} | {_pm((d['mean'], d['std']))} | {ci} | {_p(d['p_t'])} | "
+                     f"{_p(d['p_signflip'])} | {_pm(c['delta_pct'], '{:+.2f}')} | "
+                     f"{_pm(c['steps_ratio_sym'], '{:.2f}')} | {paper} | {c['seeds_arm_lower']}/{n} |")
     lines += ["", "## Embedding norms (ours; mean over seeds, first → last logged step)", "",
               "| arm | input-matrix row norm | effective input embedding norm | output-head row norm |",
               "|---|---|---|---|"]
@@ -168,7 +267,8 @@ def plots(runs, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colors = dict(zip(ARM_ORDER, ["tab:blue", "tab:red", "tab:green", "tab:purple"]))
+    palette = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:gray"]
+    colors = {arm: palette[i % len(palette)] for i, arm in enumerate(list(ARMS) + [a for a in runs if a not in ARMS])}
 
     def band(ax, key, xkey="tokens", smooth=0):
         for arm, by_seed in runs.items():
@@ -228,6 +328,27 @@ def plots(runs, out):
     fig.savefig(out / "norms.png", dpi=110)
     plt.close(fig)
 
+    pairs = comparisons(list(runs))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.8), squeeze=False)
+    for ax, (arm, ref) in zip(axes[0], pairs):
+        curve = delta_curves(runs, arm, ref)
+        x = [t / 1e6 for t, *_ in curve]
+        ax.plot(x, [m for _, m, _, _ in curve], color=colors.get(arm))
+        ax.fill_between(x, [lo for *_, lo, _ in curve], [hi for *_, hi in curve], color=colors.get(arm), alpha=0.25)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(f"{arm} − {ref}", fontsize=10)
+        ax.set_xlabel("tokens (M)")
+        ax.grid(alpha=0.3)
+        skip = next((i for i, (_, m, _, _) in enumerate(curve) if abs(m) < 1.0), 0)  # the first evals dwarf the rest
+        if curve[skip:]:
+            vals = [v for row in curve[skip:] for v in row[1:]]
+            pad = 0.1 * (max(vals) - min(vals) or 1)
+            ax.set_ylim(min(vals) - pad, max(vals) + pad)
+    axes[0][0].set_ylabel("paired Δ val loss (nats), mean and 95 % CI")
+    fig.tight_layout()
+    fig.savefig(out / "delta.png", dpi=110)
+    plt.close(fig)
+
 
 def _ema(values, beta):
     out, acc = [], None
@@ -249,7 +370,11 @@ def main(argv=None):
     ap.add_argument("--title", default=None)
     ap.add_argument("--no_plots", action="store_true")
     args = ap.parse_args(argv)
-    runs = read_runs(args.runs_dir)
+    try:
+        runs = read_runs(args.runs_dir)
+    except TablesError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs)

@@ -43,19 +43,28 @@ def test_known_answers(synthetic, tmp_path):
     assert arms["bpe_tied"]["val_loss_std"] == pytest.approx(0.1)  # sample std over seeds
     kv = {(c["arm"], c["ref"]): c for c in summary["comparisons"]}
     k = kv["kronecker", "bpe_tied"]
-    assert k["delta"][0] == pytest.approx(-0.35 / 3)
-    assert k["delta"][1] == pytest.approx(statistics.stdev([-0.1, -0.1, -0.15]))
+    d = k["delta"]
+    assert d["n"] == 3 and d["mean"] == pytest.approx(-0.35 / 3)
+    assert d["std"] == pytest.approx(statistics.stdev([-0.1, -0.1, -0.15]))
+    # t = mean / (sd / sqrt 3) = -7 on 2 df: p = 1 - 7 / sqrt(51) (closed form for 2 df); t_0.975,2 = 4.302653
+    assert d["p_t"] == pytest.approx(1 - 7 / math.sqrt(51), rel=1e-9)
+    half = 4.302653 * d["std"] / math.sqrt(3)
+    assert d["ci95"] == pytest.approx([d["mean"] - half, d["mean"] + half], rel=1e-5)
+    assert d["p_signflip"] == pytest.approx(2 / 8)  # only the all-negative and all-positive sign patterns
     assert k["delta_pct"][0] == pytest.approx(statistics.fmean([-0.1 / 3.0 * 100, -0.1 / 3.1 * 100, -0.15 / 3.2 * 100]))
     # target 3.0 is crossed between (10, 3.2) and (20, 2.9): step 16.67 -> ratio 20 / 16.67 = 1.2
     assert k["per_seed"][1]["step_at_target"] == pytest.approx(10 + 10 * 0.2 / 0.3)
-    assert k["per_seed"][1]["steps_ratio"] == pytest.approx(1.2)
+    assert k["per_seed"][1]["steps_ratio_paper"] == pytest.approx(1.2)
+    assert k["per_seed"][1]["steps_ratio_sym"] == pytest.approx(1.2)  # L* = 3.0, the reference's own final
     assert k["seeds_arm_lower"] == 3
     u = kv["bpe_untied", "bpe_tied"]
-    assert u["steps_ratio_n"] == 0 and u["delta"][0] == pytest.approx(0.5)  # never reaches the target
+    assert u["steps_ratio_paper_n"] == 0 and u["delta"]["mean"] == pytest.approx(0.5)  # never reaches the target
+    # symmetric: L* = 3.5 (the arm's final); the reference gets there at step 15, the arm at 20 -> 0.75, every seed
+    assert u["steps_ratio_sym_n"] == 3 and u["per_seed"][1]["steps_ratio_sym"] == pytest.approx(15 / 20)
     assert ("kronecker", "bpe_untied") in kv
     table = (out / "loss_table.md").read_text()
-    assert "not reached" in table and "not ours" in table and "3.1000 ± 0.1000" in table
-    for png in ("val_loss.png", "train_loss.png", "norms.png"):
+    assert "not reached (0/3)" in table and "not ours" in table and "3.1000 ± 0.1000" in table
+    for png in ("val_loss.png", "train_loss.png", "norms.png", "delta.png"):
         assert (out / png).stat().st_size > 10_000
     # deterministic: a rerun regenerates the same table and summary
     again = tmp_path / "again"
@@ -71,3 +80,21 @@ def test_steps_to_target_edge_cases():
     assert f([(0, 2.0), (10, 1.0)], 4.0) == 0.0
     assert f([(0, 5.0), (10, 4.5)], 4.0) is None
     assert math.isclose(f([(0, 5.0), (10, 4.0), (20, 4.0)], 4.0), 10.0)
+
+
+def test_single_seed_prints_na_and_missing_runs_exit_2(tmp_path, capsys):
+    write_run(tmp_path / "r", "bpe_tied", 1, [(0, 10.0), (10, 4.0)])
+    write_run(tmp_path / "r", "kronecker", 1, [(0, 10.0), (10, 3.0)])
+    make_tables.main([str(tmp_path / "r"), "--out", str(tmp_path / "o"), "--no_plots"])
+    table = (tmp_path / "o" / "loss_table.md").read_text()
+    assert "4.0000 ± n/a" in table and "± 0.0000" not in table
+    with pytest.raises(SystemExit) as e:
+        make_tables.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o2")])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: no <arm>_s<seed>")
+
+
+def test_t_distribution_against_known_values():
+    assert make_tables.t_quantile(0.975, 4) == pytest.approx(2.776445, abs=1e-5)
+    assert make_tables.t_quantile(0.975, 30) == pytest.approx(2.042272, abs=1e-5)
+    assert make_tables.t_two_sided_p(2.776445, 4) == pytest.approx(0.05, abs=1e-6)
+    assert make_tables.t_two_sided_p(0.0, 3) == pytest.approx(1.0)
