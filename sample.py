@@ -1,6 +1,6 @@
 """Generate text from any checkpoint train.py wrote (any arm), on CPU or GPU.
 
-    python sample.py runs/quickstart/kronecker --prompt "It is a truth universally acknowledged" --num_samples 2
+    python sample.py runs/quickstart/kronecker_s1337 --prompt "It is a truth universally acknowledged" --num_samples 2
 """
 import argparse
 import sys
@@ -23,10 +23,18 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
+    for name, ok, need in [("num_samples", args.num_samples >= 1, ">= 1"),
+                           ("max_new_tokens", args.max_new_tokens >= 1, ">= 1"),
+                           ("temperature", args.temperature >= 0, ">= 0 (0 = greedy)"),
+                           ("top_k", args.top_k >= 0, ">= 0 (0 = off)"),
+                           ("top_p", 0 < args.top_p <= 1, "in (0, 1]")]:
+        if not ok:
+            print(f"error: --{name} {getattr(args, name)} is invalid: it must be {need}", file=sys.stderr)
+            sys.exit(2)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         model, ckpt = load_checkpoint(args.checkpoint, device=device)
-    except CheckpointError as e:
+    except (CheckpointError, RuntimeError) as e:  # RuntimeError: a device that does not exist here
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     enc = get_encoding()

@@ -1,4 +1,5 @@
-# The paper's comparison: GPT-2 124M on 2.5B FineWeb-Edu tokens (build-nanogpt recipe, DESIGN §5).
+# The paper's comparison: GPT-2 124M on 2.5B FineWeb-Edu tokens (the build-nanogpt recipe: batch 2**19 tokens,
+# lr 6e-4 -> 6e-5 cosine after 715 warmup steps, 4,768 steps, AdamW betas 0.9/0.95, weight decay 0.1, clip 1.0).
 #   python prepare_fineweb.py --source fineweb-edu --max_tokens 2.5e9      # -> data/fineweb-edu
 #   bash scripts/compare.sh configs/gpt2_124m.py --nproc 8
 data_dir = "data/fineweb-edu"

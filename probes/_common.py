@@ -21,10 +21,19 @@ def load_models(paths, device="cpu"):
         path = resolve_checkpoint(p)
         model, ckpt = load_checkpoint(path, device=device)
         label = f"{model.config.input_embedding}_s{ckpt['config'].get('seed')}"
-        out.append((label, model, ckpt, str(path)))
+        out.append((label, model, ckpt, repo_relative(path)))
     labels = [o[0] for o in out]
     return [(lab if labels.count(lab) == 1 else f"{lab}@{Path(path).parent.name}/{Path(path).stem}", m, c, path)
             for (lab, m, c, path) in out]
+
+
+def repo_relative(path) -> str:
+    """A path as results should store it: relative to the repo when inside it (never a machine's absolute path)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def probe_parser(doc):

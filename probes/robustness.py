@@ -3,7 +3,7 @@
     python probes/robustness.py --checkpoints runs/cpu_tiny/bpe_tied_s1337 runs/cpu_tiny/kronecker_s1337 \
         --out results/cpu_tiny/probes/robustness.json [--pairs FILE.jsonl]
 
-For every (clean, typo) prompt pair and checkpoint, at the last position (DESIGN §6):
+For every (clean, typo) prompt pair and checkpoint, at the last position:
   kl          KL(p_clean || p_typo) in nats over the GPT-2 vocabulary
   top1_kept   argmax unchanged
   cosine      cosine of the final hidden states (after ln_f)
@@ -20,7 +20,7 @@ import math
 import warnings
 from pathlib import Path
 
-from _common import probe_parser, ProbeError, load_models, run_main, write_outputs
+from _common import probe_parser, ProbeError, load_models, repo_relative, run_main, write_outputs
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,12 @@ def read_pairs(path):
     path = Path(path)
     if not path.is_file():
         raise ProbeError(f"pairs file {path} does not exist; pass a JSONL file of {{category, clean, typo}} rows")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProbeError(f"pairs file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -136,7 +140,7 @@ def run(checkpoints, pairs_path=DEFAULT_PAIRS, device="cpu"):
                             "mcnemar_top1_kept": mcnemar_exact([r["top1_kept"] for r in ra],
                                                                [r["top1_kept"] for r in rb]),
                             "kl_diff_a_minus_b": bootstrap_mean_ci([x["kl"] - y["kl"] for x, y in zip(ra, rb)])})
-    return {"pairs_file": str(pairs_path), "n_pairs": len(scored),
+    return {"pairs_file": repo_relative(pairs_path), "n_pairs": len(scored),
             "excluded": [{"line": p["line"], "category": p["category"], "text": p["clean"]} for p in excluded],
             "models": per_model, "comparisons": comparisons}
 

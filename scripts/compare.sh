@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The three-seed comparison: every arm x seed through torchrun, then the tables.
+# The comparison: every arm x seed through torchrun, then the tables.
 #
-#   bash scripts/compare.sh CONFIG [--seeds "1337 1338 1339"] [--arms "bpe_tied kronecker bpe_untied"]
+#   bash scripts/compare.sh CONFIG [--seeds "1337 1338 1339"] [--arms "bpe_tied kronecker"]
 #                                  [--nproc N] [--exp NAME] [--runs_dir runs] [--tables_out DIR] [--key=value ...]
 #
-# Runs go to RUNS_DIR/EXP/<arm>_s<seed>/ (EXP defaults to the config's name). A finished run is skipped, an
+# Default: the three seeds of the paper and every arm of model.ARMS. Runs go to RUNS_DIR/EXP/<arm>_s<seed>/ (EXP
+# defaults to the config's name). A finished run is skipped, an
 # unfinished one resumes from its last checkpoint (train.py does both), so the script can be rerun after any
 # interruption. Runs are grouped in wandb as EXP (pass --wandb_mode=online to log there). --key=value arguments
 # go to every train.py call. Multi-node: scripts/compare_multinode.sh sets NNODES / NODE_RANK / RDZV_ENDPOINT.
@@ -16,8 +17,9 @@ usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 [[ "$1" == "-h" || "$1" == "--help" ]] && usage 0
 CONFIG=$1; shift
 [[ -f "$CONFIG" ]] || { echo "error: config file $CONFIG not found (see configs/)" >&2; exit 2; }
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 SEEDS="1337 1338 1339"
-ARMS="bpe_tied kronecker bpe_untied"
+ARMS=$("$PY" -c "from model import ARMS; print(' '.join(ARMS))")
 NPROC=${NPROC:-1}
 EXP=$(basename "$CONFIG" .py)
 RUNS_DIR=runs
@@ -56,5 +58,5 @@ for seed in $SEEDS; do
 done
 
 if [[ "${NODE_RANK:-0}" == "0" ]]; then
-  python scripts/make_tables.py "$RUNS_DIR/$EXP" --out "${TABLES_OUT:-$RUNS_DIR/$EXP/tables}"
+  "$PY" scripts/make_tables.py "$RUNS_DIR/$EXP" --out "${TABLES_OUT:-$RUNS_DIR/$EXP/tables}"
 fi

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-shot GPU check for a bare CUDA machine (torch, numpy, tiktoken, tqdm; no datasets, no wandb, no internet).
 #   bash scripts/gpu_check.sh [--data DIR] [--out DIR] [--budget_s 420] [--smoke] [--only abcdefg]
-# --data: token shards made beforehand by `prepare_fineweb.py --source sample` (carry data/sample along); if absent,
-#         data/sample is tokenized here from the bundled corpus (tiktoken + numpy only, the same bytes).
+# --data: token shards made beforehand by `prepare_fineweb.py --source sample` (carry data/sample along); a folder
+#         without shards (default data/sample) gets them here from the bundled corpus (tiktoken + numpy only, the
+#         same bytes as with `datasets`).
 # --out:  default results/gpu/<device name>/ -- summary.md, gpu_check.json and two trimmed logs.
 # The steps and their order are in scripts/gpu_check.py; each is skipped, with the reason, when it would overrun
 # the budget, and every finished step is on disk the moment it ends.
@@ -22,11 +23,10 @@ while [[ $# -gt 0 ]]; do
     *) echo "error: unknown argument $1 (options: --data DIR --out DIR --budget_s N --smoke --only STEPS)" >&2; exit 2 ;;
   esac
 done
-if [[ -z "$DATA" ]]; then
-  DATA=data/sample
+DATA=${DATA:-data/sample}
+if ! compgen -G "$DATA/*train*.bin" > /dev/null; then  # no shards there yet: tokenize the bundled sample into it
   "$PY" prepare_fineweb.py --source sample --out_dir "$DATA" --quiet || exit 2
 fi
-[[ -d "$DATA" ]] || { echo "error: --data $DATA does not exist; make it with prepare_fineweb.py --source sample" >&2; exit 2; }
 if [[ -z "$OUT" ]]; then
   DEV=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" | tr ' /' '__')
   OUT=results/gpu/$DEV

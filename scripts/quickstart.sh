@@ -4,15 +4,16 @@
 #   bash scripts/quickstart.sh            # STEPS=60 by default; STEPS=160 for the full cpu_tiny run
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 STEPS=${STEPS:-60}
 OUT=${OUT:-runs/quickstart}
 
-python prepare_fineweb.py --source sample --quiet
+"$PY" prepare_fineweb.py --source sample --quiet
 for arm in bpe_tied kronecker; do
   echo "=== training $arm ($STEPS steps of 2,048 tokens, configs/cpu_tiny.py)"
-  python train.py configs/cpu_tiny.py --input_embedding="$arm" --seed=1337 --out_dir="$OUT/${arm}_s1337" \
+  "$PY" train.py configs/cpu_tiny.py --input_embedding="$arm" --seed=1337 --out_dir="$OUT/${arm}_s1337" \
     --max_steps="$STEPS" --eval_interval=20 --norm_interval=20 --log_interval=20 --ckpt_interval="$STEPS"
 done
-python scripts/make_tables.py "$OUT" --out "$OUT" --title "Quickstart: bpe_tied vs kronecker, $STEPS steps on the Austen sample" \
+"$PY" scripts/make_tables.py "$OUT" --out "$OUT" --title "Quickstart: bpe_tied vs kronecker, $STEPS steps on the Austen sample" \
   | awk '/^## Final/{show=1} /^## Embedding/{show=0} show'
 echo "curves: $OUT/val_loss.png $OUT/train_loss.png $OUT/norms.png | full table: $OUT/loss_table.md"

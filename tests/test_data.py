@@ -116,7 +116,9 @@ def test_local_sources_go_through_datasets(tmp_path):
     assert meta["documents"] == {"train": 2, "val": 1}  # one file = one document
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "column", "offline", "mismatch"])
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["missing", "empty", "column", "offline", "mismatch", "not_utf8", "fake_gz",
+                                  "damaged_progress"])
 def test_prepare_errors_are_one_clear_line(tmp_path, case):
     out = tmp_path / "out"
     if case == "missing":
@@ -129,6 +131,18 @@ def test_prepare_errors_are_one_clear_line(tmp_path, case):
         argv, match = ["--source", tmp_path / "c.jsonl"], "no column 'text'.*--text_column"
     elif case == "offline":
         argv, match = ["--source", "fineweb-edu"], "offline.*--source sample"
+    elif case == "not_utf8":
+        (tmp_path / "t").mkdir()
+        (tmp_path / "t" / "a.txt").write_text("fine text\n")
+        (tmp_path / "t" / "b.txt").write_bytes(b"caf\xe9 latin-1\n")
+        argv, match = ["--source", tmp_path / "t"], r"b\.txt is not UTF-8 text \(byte 3\)"
+    elif case == "fake_gz":
+        (tmp_path / "f.jsonl.gz").write_text('{"text": "not compressed"}\n')
+        argv, match = ["--source", tmp_path / "f.jsonl.gz"], "not a readable gzip file"
+    elif case == "damaged_progress":
+        out.mkdir()
+        (out / "progress.json").write_text('{"identity": {"sou')
+        argv, match = ["--source", "sample"], r"progress\.json is damaged .* delete .* and rerun"
     else:
         (tmp_path / "c.jsonl").write_text(json.dumps({"text": "hello there " * 50}) + "\n" +
                                           json.dumps({"text": "more words " * 50}) + "\n")
@@ -144,6 +158,26 @@ def test_prepare_errors_are_one_clear_line(tmp_path, case):
     import re
     assert re.search(match, lines[0])
     assert (sorted(p.name for p in out.iterdir()) if out.exists() and before is not None else before) == before
+
+
+def test_documents_that_cannot_be_tokenized_are_skipped_and_counted(tmp_path, capsys):
+    rows = [{"text": "a normal document. " * 20}, {"text": None}, {"text": 42}, {"text": "another one. " * 20},
+            {"text": "more. " * 30}, {"text": "last. " * 30}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta = prep("--source", tmp_path / "in.jsonl", "--out_dir", tmp_path / "o", "--val_tokens", "10")
+    assert "skipped 2 document(s): 2 non-string text" in capsys.readouterr().out
+    assert meta["skipped_documents"] == {"non-string text": 2}
+    assert meta["documents"] == {"train": 3, "val": 1}  # doc 0 is val; skipped docs keep their index
+
+
+def test_the_sample_needs_no_datasets(tmp_path, monkeypatch, sample_dir):
+    """Where `datasets` is not installed (a bare GPU image), the sample is read with gzip + json: same bytes."""
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    prep("--source", "sample", "--out_dir", tmp_path / "plain")
+    for f in sorted(sample_dir.glob("*.bin")):
+        assert (tmp_path / "plain" / f.name).read_bytes() == f.read_bytes(), f.name
+    with pytest.raises(prepare_fineweb.PrepareError, match="needs the `datasets` package"):
+        prep("--source", tmp_path / "x.jsonl", "--out_dir", tmp_path / "y")
 
 
 def _shard(tmp_path, n=5000, name="x_train_000001.bin"):

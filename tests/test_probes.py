@@ -76,10 +76,12 @@ def test_mcnemar_and_bootstrap():
     ('{"category": "a", "clean": "x"}\n', "needs non-empty string fields"),
     ("not json\n", "is not valid JSON"),
     ("", "holds no rows"),
+    (b'{"category": "a", "clean": "caf\xe9", "typo": "cafe"}\n', "is not UTF-8 text"),
 ])
+@pytest.mark.slow
 def test_malformed_pairs_file_is_one_clear_error(smoke_ckpts, tmp_path, content, match):
     pairs = tmp_path / "bad.jsonl"
-    pairs.write_text(content)
+    pairs.write_bytes(content if isinstance(content, bytes) else content.encode())
     proc = subprocess.run([sys.executable, str(ROOT / "probes/robustness.py"), "--checkpoints",
                            str(smoke_ckpts["bpe_tied"]), "--pairs", str(pairs), "--out", str(tmp_path / "o.json")],
                           capture_output=True, text=True)
@@ -134,3 +136,18 @@ def test_param_accounting_table(capsys):
     rt = {(r["V"], r["P"]): r for r in res["runtime_memory"]}[131072, 32]
     assert rt["byte_buffer_bytes"] == 131072 * 33  # V x P bytes + V lengths: 4.3 MB (paper: 4.5 MB, int16 lengths)
     assert round(rt["table_2byte_bytes"] / 1e9, 2) == 2.15
+
+
+@pytest.mark.slow
+def test_sample_and_probes_refuse_bad_input_in_one_line(smoke_ckpts, tmp_path):
+    import torch
+    bad = tmp_path / "ckpt_0000001.pt"
+    torch.save({"model": {}, "step": 1}, bad)  # a dict, but not a nanokron checkpoint
+    cases = [(["sample.py", str(smoke_ckpts["kronecker"]), "--num_samples", "0"], "--num_samples 0 is invalid"),
+             (["sample.py", str(smoke_ckpts["kronecker"]), "--temperature", "-1"], "--temperature -1.0 is invalid"),
+             (["sample.py", str(bad)], "not a nanokron checkpoint"),
+             (["probes/geometry.py", "--checkpoints", str(bad), "--out", str(tmp_path / "g.json")],
+              "not a nanokron checkpoint")]
+    for argv, match in cases:
+        proc = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and match in proc.stderr, proc.stderr

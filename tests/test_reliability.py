@@ -26,6 +26,7 @@ def rows(metrics, key):
 
 # -- kill -9 and SIGTERM ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm,nproc", [("kronecker", 1), ("bpe_tied", 1), ("kronecker", 2), ("bpe_tied", 2)])
 def test_sigkill_then_resume_matches_uninterrupted(smoke_runs, sample_dir, tmp_path, arm, nproc):
     _, straight = smoke_runs[arm]  # configs/smoke.py, 1 rank x batch 4: the same tokens as 2 ranks x batch 2
@@ -38,6 +39,7 @@ def test_sigkill_then_resume_matches_uninterrupted(smoke_runs, sample_dir, tmp_p
     assert not list((tmp_path / "run").glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_resumes(smoke_runs, sample_dir, tmp_path):
     out = tmp_path / "term"
     cmd = [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/smoke.py"), f"--data_dir={sample_dir}",
@@ -213,6 +215,7 @@ def test_all_checkpoints_corrupt_is_an_error(smoke_runs, sample_dir, tmp_path, c
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_cli_error_has_no_traceback_and_debug_shows_it(tmp_path):
     cmd = [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/smoke.py"), "--warmup_step=3"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
@@ -220,3 +223,146 @@ def test_cli_error_has_no_traceback_and_debug_shows_it(tmp_path):
     assert proc.stderr.strip() == "error: unknown config key 'warmup_step'; did you mean 'warmup_steps'?"
     proc = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+# -- one writer per run folder, rotation, divergence, resume rules -------------------------------------------------
+
+def _smoke_cmd(sample_dir, out, *extra):
+    return [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/smoke.py"), f"--data_dir={sample_dir}",
+            f"--out_dir={out}", *extra]
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_out_dir_is_refused(sample_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    first = subprocess.Popen(_smoke_cmd(sample_dir, out, "--max_steps=400", "--ckpt_interval=1000"), cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        while kill_test.last_step(out) < 2:
+            assert first.poll() is None, first.stderr.read()
+            time.sleep(0.05)
+        config_before = (out / "config.json").read_bytes()
+        with pytest.raises(SystemExit) as e:
+            train.main([str(ROOT / "configs/smoke.py"), f"--data_dir={sample_dir}", f"--out_dir={out}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1, err
+        assert f"in use by another training run (pid {first.pid} on host " in err[0]
+        assert (out / "config.json").read_bytes() == config_before and not list(out.glob("*.tmp"))
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 0 and len(list(out.glob("ckpt_*.pt"))) == 1  # its own checkpoint, intact
+
+
+def test_rotation_keeps_good_checkpoints_when_the_newest_is_unreadable(smoke_runs, sample_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(smoke_runs["bpe_tied"][0], out)
+    (out / "ckpt_0000020.pt").write_bytes(b"torn")
+    run_train(out, sample_dir, "--keep_checkpoints=1", "--max_steps=15", "--ckpt_interval=5", "--lr_decay_steps=20")
+    names = sorted(p.name for p in out.iterdir() if p.name.startswith("ckpt_"))
+    # ckpt_10 (the resume point, followed by a healthy step) is the last good one and stays; 15 is the newest
+    assert names == ["ckpt_0000010.pt", "ckpt_0000015.pt", "ckpt_0000020.pt.corrupt"], names
+    assert "ckpt_0000020.pt is unreadable: moved aside" in capsys.readouterr().err
+
+
+def test_divergence_is_never_saved_as_good_and_a_lower_lr_recovers(sample_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    run_train(out, sample_dir, "--max_steps=10", "--ckpt_interval=2")
+    with pytest.raises(SystemExit) as e:
+        run_train(out, sample_dir, "--max_steps=40", "--ckpt_interval=1", "--learning_rate=1e3", "--min_lr=1e2")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and "training diverged at step" in err[-1], err
+    named = err[-1].split("resume from ")[1].split(",")[0]
+    assert named == "ckpt_0000010.pt" and (out / named).exists()
+    assert not [p for p in out.glob("ckpt_*.pt") if p.name > named]  # later ones moved aside as .suspect
+    resumed = run_train(out, sample_dir, "--max_steps=20", "--learning_rate=3e-4", "--min_lr=3e-5")
+    losses = [r["train_loss"] for r in resumed if "train_loss" in r and r["step"] > 10]
+    assert len(losses) == 10 and all(np.isfinite(losses)) and losses[-1] < rows(resumed, "val_loss")[0]
+    val = rows(resumed, "val_loss")
+    assert val[20] < val[10]
+
+
+def test_a_transient_spike_warns_and_defers_the_checkpoint(sample_dir, tmp_path, monkeypatch, capsys):
+    real = train.optimizer_step
+
+    def spiky(raw, opt, lr, clip, loss):
+        loss_f, norm, finite = real(raw, opt, lr, clip, loss)
+        return loss_f, (1e4 if len(opt.state) and spiky.calls == 11 else norm), finite
+    spiky.calls = 0
+
+    def counting(*a):
+        spiky.calls += 1
+        return spiky(*a)
+    monkeypatch.setattr(train, "optimizer_step", counting)
+    metrics = run_train(tmp_path / "run", sample_dir, "--max_steps=14", "--ckpt_interval=11", "--log_interval=5")
+    out = capsys.readouterr().out
+    assert "warning: step 11: grad norm 1e+04 > 20 x the recent median" in out and "step 14/14" in out
+    assert sorted(p.name for p in (tmp_path / "run").glob("ckpt_*.pt")) == ["ckpt_0000012.pt", "ckpt_0000014.pt"]
+    assert sorted(rows(metrics, "train_loss")) == list(range(1, 15))
+
+
+@pytest.mark.parametrize("override,field", [("--seed=7", "seed: checkpoint 1337 vs now 7"),
+                                            ("--total_batch_size=512", "total_batch_size: checkpoint 256 vs now 512"),
+                                            ("--shuffle=false", "shuffle"), ("--val_tokens=512", "val_tokens")])
+def test_resume_refuses_what_changes_the_run(smoke_runs, sample_dir, tmp_path, capsys, override, field):
+    out = tmp_path / "run"
+    shutil.copytree(smoke_runs["bpe_tied"][0], out)
+    before = snapshot(out)
+    with pytest.raises(SystemExit) as e:
+        train.main([str(ROOT / "configs/smoke.py"), f"--data_dir={sample_dir}", f"--out_dir={out}",
+                    "--max_steps=30", override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "cannot resume" in err[0] and field in err[0], err
+    assert snapshot(out) == before  # config.json untouched
+
+
+def test_resume_on_other_data_is_refused(smoke_runs, sample_dir, tmp_path, capsys):
+    out, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(smoke_runs["bpe_tied"][0], out)
+    shutil.copytree(sample_dir, data)
+    shard = next(data.glob("*train*.bin"))
+    toks = np.fromfile(shard, dtype="<u2", offset=1024)
+    write_shard(shard, toks[::-1].copy())
+    with pytest.raises(SystemExit):
+        train.main([str(ROOT / "configs/smoke.py"), f"--data_dir={data}", f"--out_dir={out}", "--max_steps=30"])
+    assert "are not the ones" in capsys.readouterr().err
+
+
+def test_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(sample_dir, tmp_path, monkeypatch,
+                                                                             capsys):
+    out = tmp_path / "run"
+    run_train(out, sample_dir, "--max_steps=4", "--ckpt_interval=2")
+    good = hashlib.sha256((out / "ckpt_0000004.pt").read_bytes()).hexdigest()
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(SystemExit) as e:
+        run_train(out, sample_dir, "--max_steps=8", "--ckpt_interval=2")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "no space left on the device" in err[0], err
+    assert not list(out.glob(".*.tmp")) and hashlib.sha256((out / "ckpt_0000004.pt").read_bytes()).hexdigest() == good
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_workers_of_torchrun_checkpoints_and_exits_0(sample_dir, tmp_path):
+    """The documented way to stop a torchrun job: signal its workers (SIGTERM to torchrun itself also gets the
+    checkpoint written, but torchrun then exits 1 with its own SignalException traceback)."""
+    out = tmp_path / "ddp"
+    cmd = ["torchrun", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), str(ROOT / "configs/smoke.py"),
+           f"--data_dir={sample_dir}", f"--out_dir={out}", "--batch_size=2", "--max_steps=400",
+           "--ckpt_interval=1000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while kill_test.last_step(out) < 3:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    for w in workers:
+        os.kill(int(w), signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
+    assert "checkpoint written at step" in stdout and len(list(out.glob("ckpt_*.pt"))) == 1
