@@ -41,3 +41,10 @@ def smoke_runs(sample_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_ckpts(smoke_runs):
     return {arm: sorted(out.glob("ckpt_*.pt"))[-1] for arm, (out, _) in smoke_runs.items()}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that need the trained smoke runs are `slow` too: `pytest -m "not slow"` is the quick edit-test loop."""
+    for item in items:
+        if set(getattr(item, "fixturenames", ())) & {"smoke_runs", "smoke_ckpts"}:
+            item.add_marker(pytest.mark.slow)

@@ -49,6 +49,7 @@ def test_second_run_is_a_noop(sample_dir, capsys):
     assert before == {p.name: p.stat().st_mtime_ns for p in sample_dir.iterdir()}
 
 
+@pytest.mark.slow
 def test_interrupted_prepare_resumes_to_identical_shards(tmp_path):
     full = tmp_path / "full"
     prep("--source", "sample", "--out_dir", full, "--shard_tokens", "150000", "--workers", "1")
@@ -69,6 +70,7 @@ def test_interrupted_prepare_resumes_to_identical_shards(tmp_path):
     assert a["tokens"] == b["tokens"] and a["documents"] == b["documents"] and a["shards"] == b["shards"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_prepare_then_rerun_is_identical(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     args = ["--source", "sample", "--shard_tokens", "100000", "--workers", "1", "--quiet"]
@@ -87,6 +89,7 @@ def test_sigkill_mid_prepare_then_rerun_is_identical(tmp_path):
     assert all((ref / n).read_bytes() == (killed / n).read_bytes() for n in names)
 
 
+@pytest.mark.slow
 def test_local_sources_go_through_datasets(tmp_path):
     texts = [f"Document number {i}. " + "The quick brown fox jumps. " * (i % 7 + 1) for i in range(60)]
     enc = get_encoding()
@@ -170,6 +173,7 @@ def test_documents_that_cannot_be_tokenized_are_skipped_and_counted(tmp_path, ca
     assert meta["documents"] == {"train": 3, "val": 1}  # doc 0 is val; skipped docs keep their index
 
 
+@pytest.mark.slow
 def test_the_sample_needs_no_datasets(tmp_path, monkeypatch, sample_dir):
     """Where `datasets` is not installed (a bare GPU image), the sample is read with gzip + json: same bytes."""
     monkeypatch.setitem(sys.modules, "datasets", None)

@@ -12,6 +12,7 @@ from tokenizer import get_encoding, token_bytes
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, kron_pos_dim=4)
 
 
+@pytest.mark.slow
 def test_param_counts_at_124m():
     expected = {"bpe_tied": 124_475_904, "kronecker": 127_621_632, "bpe_untied": 163_109_376,
                 "kronecker_tied": 88_988_160}

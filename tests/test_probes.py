@@ -126,6 +126,7 @@ def test_geometry_on_every_arm_and_the_codec(smoke_ckpts, tmp_path):
     assert geometry.classify(" run", "run", " table") == "other"
 
 
+@pytest.mark.slow
 def test_param_accounting_table(capsys):
     res = param_accounting.main([])
     g = res["input_params"][0]

@@ -81,6 +81,7 @@ def _poison(monkeypatch, at_call):
     monkeypatch.setattr(train, "forward_backward", poisoned)
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_without_touching_the_last_checkpoint(sample_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "nan"
     run_train(out, sample_dir, "--max_steps=6", "--ckpt_interval=3")
@@ -96,6 +97,7 @@ def test_nonfinite_loss_stops_without_touching_the_last_checkpoint(sample_dir, t
     assert hashlib.sha256((out / "ckpt_0000006.pt").read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_can_skip_the_step(sample_dir, tmp_path, monkeypatch):
     _poison(monkeypatch, at_call=3)
     metrics = run_train(tmp_path / "skip", sample_dir, "--max_steps=6", "--nonfinite=skip")
@@ -266,6 +268,7 @@ def test_rotation_keeps_good_checkpoints_when_the_newest_is_unreadable(smoke_run
     assert "ckpt_0000020.pt is unreadable: moved aside" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_divergence_is_never_saved_as_good_and_a_lower_lr_recovers(sample_dir, tmp_path, capsys):
     out = tmp_path / "run"
     run_train(out, sample_dir, "--max_steps=10", "--ckpt_interval=2")
@@ -283,6 +286,7 @@ def test_divergence_is_never_saved_as_good_and_a_lower_lr_recovers(sample_dir, t
     assert val[20] < val[10]
 
 
+@pytest.mark.slow
 def test_a_transient_spike_warns_and_defers_the_checkpoint(sample_dir, tmp_path, monkeypatch, capsys):
     real = train.optimizer_step
 
@@ -329,6 +333,7 @@ def test_resume_on_other_data_is_refused(smoke_runs, sample_dir, tmp_path, capsy
     assert "are not the ones" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(sample_dir, tmp_path, monkeypatch,
                                                                              capsys):
     out = tmp_path / "run"

@@ -35,6 +35,7 @@ def synthetic(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_known_answers(synthetic, tmp_path):
     out = tmp_path / "tables"
     summary = make_tables.main([str(synthetic), "--out", str(out)])

@@ -57,6 +57,7 @@ def test_resume_10_then_20_equals_20_straight(smoke_runs, sample_dir, tmp_path, 
     assert (out / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_accumulation_equals_one_big_batch(sample_dir, tmp_path):
     big = run_train(tmp_path / "big", sample_dir, "--batch_size=4", "--max_steps=3", "--eval_interval=3")
     acc = run_train(tmp_path / "acc", sample_dir, "--batch_size=2", "--max_steps=3", "--eval_interval=3")
@@ -70,6 +71,7 @@ def test_accumulation_equals_one_big_batch(sample_dir, tmp_path):
     assert max((pa[k] - pb[k]).abs().max().item() for k in pa) < 5e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", ["kronecker", "kronecker_tied"])
 def test_torchrun_two_ranks_on_gloo(sample_dir, tmp_path, arm):
     out = tmp_path / "ddp"
@@ -91,6 +93,7 @@ def test_torchrun_two_ranks_on_gloo(sample_dir, tmp_path, arm):
     assert abs(rows(metrics, "val_loss")[3] - rows(single, "val_loss")[3]) < 1e-4
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_a_run(sample_dir, tmp_path):
     out = tmp_path / "wb"
     run_train(out, sample_dir, "--wandb_mode=offline", "--max_steps=2", "--eval_interval=2", "--norm_interval=2")
@@ -110,16 +113,3 @@ def test_lr_schedule():
     assert train.get_lr(110, cfg) == pytest.approx(0.1) and train.get_lr(500, cfg) == 0.1
     cfg.lr_decay_steps = 210  # schedule length independent of where the run stops
     assert train.get_lr(110, cfg) == pytest.approx(0.55)
-
-
-def test_config_files_and_overrides_are_typed():
-    cfg = config.load_config([str(ROOT / "configs/gpt2_124m.py"), "--input_embedding=kronecker", "--max_steps=1e3",
-                             "--compile=false", "--learning_rate=1e-3", "--shuffle=true"])
-    assert cfg.total_batch_size == 524288 and cfg.model.block_size == 1024 and cfg.warmup_steps == 715
-    assert cfg.max_steps == 1000 and cfg.learning_rate == 1e-3 and cfg.shuffle is True
-    assert (cfg.model.input_embedding, cfg.compile) == ("kronecker", "false")
-    big = config.load_config([str(ROOT / "configs/gpt2_350m.py")])  # base = "gpt2_124m.py", then its own keys
-    assert (big.model.n_layer, big.model.n_embd, big.warmup_steps, big.total_batch_size) == (24, 1024, 715, 524288)
-    for name in ("gpt2_350m", "gpt2_774m", "cpu_tiny", "smoke"):
-        c = config.load_config([str(ROOT / f"configs/{name}.py")])
-        assert c.model.n_embd % c.model.n_head == 0
