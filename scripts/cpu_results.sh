@@ -30,3 +30,4 @@ OMP_NUM_THREADS=1 "$PY" bench/train_step.py configs/cpu_tiny.py --steps 10 --war
   --json results/bench/train_step_cpu.json | tee results/bench/train_step_cpu.txt
 "$PY" bench/embedding.py --json results/bench/embedding.json | tee results/bench/embedding.txt
 "$PY" bench/tokenize_bench.py --json results/bench/tokenize.json | tee results/bench/tokenize.txt
+"$PY" bench/tokenize_bench.py --repeat 10 --json results/bench/tokenize_x10.json | tee results/bench/tokenize_x10.txt

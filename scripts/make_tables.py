@@ -207,6 +207,56 @@ def summarize(runs):
     return {"arms": arms, "comparisons": [compare(runs, a, r) for a, r in comparisons(list(runs))], "paper": PAPER}
 
 
+# -- downstream evaluations (scripts/eval_lm.sh) --------------------------------------------------------------------
+
+def read_evals(folder):
+    """{arm: {seed: {task: {metric: value}}}} from FOLDER/<arm>_s<seed>.json, or {} if there are none."""
+    out = {}
+    for path in sorted(Path(folder).glob("*_s*.json")) if Path(folder).is_dir() else []:
+        m = re.fullmatch(r"(.+)_s(\d+)", path.stem)
+        if m:
+            out.setdefault(m.group(1), {})[int(m.group(2))] = json.loads(path.read_text())["tasks"]
+    return out
+
+
+def main_metric(metrics):
+    """The number a task is reported by: acc_norm where lm-eval gives it (HellaSwag, ARC), else acc."""
+    return next(((k, metrics[k]) for k in ("acc_norm", "acc") if k in metrics), (None, None))
+
+
+def summarize_evals(evals):
+    tasks = sorted({t for by_seed in evals.values() for res in by_seed.values() for t in res})
+    table = {arm: {t: mean_std([main_metric(res[t])[1] for res in by_seed.values() if t in res]) for t in tasks}
+             for arm, by_seed in evals.items()}
+    pairs = []
+    for arm, ref in comparisons(list(evals)):
+        seeds = sorted(set(evals[arm]) & set(evals[ref]))
+        pairs.append({"arm": arm, "ref": ref, "per_task": {
+            t: paired_stats([main_metric(evals[arm][s][t])[1] - main_metric(evals[ref][s][t])[1]
+                             for s in seeds if t in evals[arm][s] and t in evals[ref][s]]) for t in tasks}})
+    metric = {t: next(main_metric(res[t])[0] for by in evals.values() for res in by.values() if t in res)
+              for t in tasks}
+    return {"tasks": tasks, "metric": metric, "arms": table, "comparisons": pairs}
+
+
+def eval_markdown(ev):
+    lines = ["", "## Downstream evaluation (ours; lm-evaluation-harness on exported models, zero-shot)", "",
+             "| arm | " + " | ".join(f"{t} ({ev['metric'][t]})" for t in ev["tasks"]) + " |",
+             "|---|" + "---|" * len(ev["tasks"])]
+    for arm, row in ev["arms"].items():
+        lines.append(f"| {arm} | " + " | ".join(_pm(row[t]) for t in ev["tasks"]) + " |")
+    lines += ["", "| arm vs reference | " + " | ".join(f"Δ {t} (mean, 95 % CI)" for t in ev["tasks"]) + " |",
+              "|---|" + "---|" * len(ev["tasks"])]
+    for c in ev["comparisons"]:
+        cells = []
+        for t in ev["tasks"]:
+            st = c["per_task"][t]
+            cells.append("n/a" if st["mean"] is None else f"{st['mean']:+.4f}" + (
+                f" [{st['ci95'][0]:+.4f}, {st['ci95'][1]:+.4f}]" if st["ci95"] else ""))
+        lines.append(f"| {c['arm']} vs {c['ref']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # -- writing -------------------------------------------------------------------------------------------------------
 
 def _pm(ms, fmt="{:.4f}"):
@@ -369,6 +419,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--title", default=None)
     ap.add_argument("--no_plots", action="store_true")
+    ap.add_argument("--eval", default=None, help="folder of eval_lm.sh results (default: RUNS_DIR/../eval)")
     args = ap.parse_args(argv)
     try:
         runs = read_runs(args.runs_dir)
@@ -378,9 +429,12 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs)
+    evals = read_evals(Path(args.eval) if args.eval else Path(args.runs_dir).parent / "eval")
+    if evals:
+        summary["eval"] = summarize_evals(evals)
     where = Path(args.runs_dir).resolve()
     title = args.title or f"Comparison: {where.parent.name if where.name == 'runs' else where.name}"
-    (out / "loss_table.md").write_text(markdown(summary, title))
+    (out / "loss_table.md").write_text(markdown(summary, title) + (eval_markdown(summary["eval"]) if evals else ""))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     if not args.no_plots:
         plots(runs, out)

@@ -99,3 +99,20 @@ def test_t_distribution_against_known_values():
     assert make_tables.t_quantile(0.975, 30) == pytest.approx(2.042272, abs=1e-5)
     assert make_tables.t_two_sided_p(2.776445, 4) == pytest.approx(0.05, abs=1e-6)
     assert make_tables.t_two_sided_p(0.0, 3) == pytest.approx(1.0)
+
+
+def test_eval_table_from_eval_lm_results(synthetic, tmp_path):
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    for arm, base in (("bpe_tied", 0.30), ("kronecker", 0.32)):
+        for s in (1, 2, 3):
+            res = {"arm": arm, "seed": s, "tasks": {"hellaswag": {"acc": base - 0.05, "acc_norm": base + s / 100},
+                                                     "piqa": {"acc": 0.6}}}
+            (ev / f"{arm}_s{s}.json").write_text(json.dumps(res))
+    summary = make_tables.main([str(synthetic), "--out", str(tmp_path / "t"), "--no_plots", "--eval", str(ev)])
+    e = summary["eval"]
+    assert e["metric"] == {"hellaswag": "acc_norm", "piqa": "acc"}
+    assert e["arms"]["kronecker"]["hellaswag"][0] == pytest.approx(0.34)
+    k = next(c for c in e["comparisons"] if (c["arm"], c["ref"]) == ("kronecker", "bpe_tied"))
+    assert k["per_task"]["hellaswag"]["mean"] == pytest.approx(0.02) and k["per_task"]["piqa"]["mean"] == 0
+    assert "## Downstream evaluation" in (tmp_path / "t" / "loss_table.md").read_text()
