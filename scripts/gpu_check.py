@@ -167,7 +167,7 @@ def step_fused_head(ck, cfg, rt, steps):
                 b = train_step.random_batches(c, rt_eager, 1)
                 train_step.time_interleaved([run], b, rt_eager, c, 1, 1)
                 rows += [{"batch_size": B, **r} for r in train_step.summarize([run], c, rt_eager, 1)]
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError only exists in newer torch)
                 fits[fused] = False
                 rows.append({"batch_size": B, "fused_head": fused, "oom": True})
             del run

@@ -1,0 +1,25 @@
+"""Every committed result folder regenerates from its committed raw runs, byte for byte."""
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import make_tables  # noqa: E402
+
+FOLDERS = sorted(p.parent for p in (ROOT / "results").glob("*/runs") if p.is_dir())
+
+
+def test_there_are_committed_runs():
+    assert FOLDERS, "no results/<exp>/runs folder"
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_tables_regenerate_byte_for_byte(folder, tmp_path):
+    runs = sorted((folder / "runs").iterdir())
+    assert runs and all((r / "metrics.jsonl").is_file() and (r / "config.json").is_file() for r in runs)
+    assert not list((folder / "runs").rglob("*.pt"))  # raw metrics only, never checkpoints
+    make_tables.main([str(folder / "runs"), "--out", str(tmp_path), "--no_plots"])
+    for name in ("loss_table.md", "summary.json"):
+        assert (tmp_path / name).read_bytes() == (folder / name).read_bytes(), name
