@@ -8,6 +8,7 @@ Outputs in out_dir: config.json, metrics.jsonl (one JSON object per event), ckpt
 wandb/ when wandb_mode is not 'disabled'. config.py lists the keys; `python train.py --help` prints them.
 """
 import dataclasses
+import inspect
 import json
 import math
 import secrets
@@ -60,8 +61,11 @@ def build_model(cfg: TrainConfig, rt: Runtime):
     if rt.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         # buffers (the codec's byte table, the cached codec) are deterministic constants: never re-broadcast them
+        # every step (torch >= 2.13 names that forward_sync_buffers; older versions broadcast_buffers)
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters \
+            else "broadcast_buffers"
         model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None,
-                    broadcast_buffers=False, gradient_as_bucket_view=True)
+                    gradient_as_bucket_view=True, **{no_sync: False})
     return raw, model
 
 

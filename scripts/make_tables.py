@@ -379,6 +379,8 @@ def plots(runs, out):
     plt.close(fig)
 
     pairs = comparisons(list(runs))
+    if not pairs:  # one arm: nothing to compare
+        return
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.8), squeeze=False)
     for ax, (arm, ref) in zip(axes[0], pairs):
         curve = delta_curves(runs, arm, ref)

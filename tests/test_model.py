@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import model as model_mod
 from model import ARMS, GPT, GPTConfig, KroneckerEmbedding, codec_bytes, sample_next
 from tokenizer import get_encoding, token_bytes
 
@@ -259,3 +260,51 @@ def test_ragged_fallback_when_every_codec_row_is_used():
     a.sum().backward()
     b.sum().backward()
     assert _rel(a, b) <= 1e-10 and _rel(sparse.proj.grad, dense.proj.grad) <= 1e-10
+
+
+def _grads(model, idx, tgt, fused, autocast=False):
+    model.zero_grad()
+    model.config.fused_head = fused
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(idx, tgt)[1]
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_fused_head_equals_the_plain_head(arm):
+    """Loss and the gradient of every parameter, fp32 and under bf16 autocast, with ignored targets (-1) and chunks
+    that do not divide the tokens; the padded vocabulary rows (50,257-50,303) get the same gradient too."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(input_embedding=arm, **TINY))
+    idx, tgt = torch.randint(0, 50257, (3, 30)), torch.randint(0, 50257, (3, 30))
+    tgt[0, :5] = -1
+    monkey = model_mod.HEAD_CHUNK_BYTES["cpu"]
+    model_mod.HEAD_CHUNK_BYTES["cpu"] = 16 * 4 * 50304  # chunks of 16 tokens: 90 tokens = 5 full + 1 partial
+    try:
+        lf, gf = _grads(model, idx, tgt, True)
+        lp, gp = _grads(model, idx, tgt, False)
+        assert abs(lf.item() - lp.item()) <= 1e-5 * lp.item()
+        for n in gp:
+            assert (gf[n] - gp[n]).abs().max() <= 1e-5 * gp[n].abs().max() + 1e-12, n
+        head = "lm_head.weight" if model.lm_head is not None else (None if arm_is_codec(model) else
+                                                                    "transformer.wte.weight")
+        if head:  # padding ids are never targets, but their logits are in the softmax: pushed down alike
+            pad_f, pad_p = gf[head][50257:], gp[head][50257:]
+            assert pad_p.abs().max() > 0 and (pad_f - pad_p).abs().max() <= 1e-5 * pad_p.abs().max()
+        # bf16 autocast: the chunk's logits are bf16 matmuls either way, softmax and loss fp32
+        lf, gf = _grads(model, idx, tgt, True, autocast=True)
+        lp, gp = _grads(model, idx, tgt, False, autocast=True)
+        assert lf.dtype == torch.float32 and abs(lf.item() - lp.item()) <= 1e-3 * lp.item()
+        for n in gp:  # bf16 has an 8-bit mantissa; the fused head sums per chunk in fp32
+            assert (gf[n] - gp[n]).abs().max() <= 3e-2 * gp[n].abs().max() + 1e-9, n
+    finally:
+        model_mod.HEAD_CHUNK_BYTES["cpu"] = monkey
+
+
+def arm_is_codec(model):
+    return model.config.arm.codec
+
+
+def test_head_chunk_rule():
+    assert model_mod.head_chunk_size(50304, "cpu") == 128 and model_mod.head_chunk_size(50304, "cuda") == 2048

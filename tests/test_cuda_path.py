@@ -1,0 +1,161 @@
+"""The GPU path's promises, checked where a CPU can show them: no logits kept across micro-batches, DDP without
+buffer broadcasts, one host sync per step, compiled benchmark variants, the codec in fp32 under autocast, the
+peak-FLOPs table, and scripts that run where only `python3` exists."""
+import os
+import shutil
+import subprocess
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import runtime
+import train
+from config import load_config
+from conftest import ROOT
+from model import ARMS, GPT, KRON_MODES, GPTConfig, KroneckerEmbedding
+from tokenizer import token_bytes
+
+TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, kron_pos_dim=4)
+CPU = runtime.Runtime(0, 0, 1, torch.device("cpu"), "cpu", torch.float32, False)
+
+
+def _batches(n, B=2, T=16):
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randint(0, 50257, (B, T), generator=g), torch.randint(0, 50257, (B, T), generator=g))
+            for _ in range(n)]
+
+
+def test_no_logits_survive_into_the_next_micro_batch(monkeypatch):
+    model = GPT(GPTConfig(input_embedding="bpe_untied", fused_head=False, **TINY))
+    alive, seen = [], []
+    real_head = GPT.head
+
+    def head(self, h, table=None):
+        seen.append(all(ref() is None for ref in alive))  # every earlier micro-batch's logits are gone
+        out = real_head(self, h, table)
+        alive.append(weakref.ref(out))
+        return out
+    monkeypatch.setattr(GPT, "head", head)
+    train.forward_backward(model, _batches(3), CPU)
+    assert seen == [True, True, True]
+
+
+def test_one_host_sync_per_optimizer_step(monkeypatch):
+    model = GPT(GPTConfig(input_embedding="kronecker", **TINY))
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    syncs, inside_adam = [], []
+    for name in ("item", "tolist", "__bool__", "__float__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _n=name, _r=real):
+            if not inside_adam:
+                syncs.append(_n)
+            return _r(self, *a)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    real_step = opt.step
+
+    def adam_step(*a, **k):  # CPU AdamW reads its step counters on the host; CUDA's fused AdamW does not
+        inside_adam.append(1)
+        try:
+            return real_step(*a, **k)
+        finally:
+            inside_adam.clear()
+    opt.step = adam_step
+    loss = train.forward_backward(model, _batches(3), CPU)
+    assert syncs == []  # no sync inside the micro-step loop
+    train.optimizer_step(model, opt, 1e-3, 1.0, loss)
+    assert syncs == ["tolist"]  # loss and grad norm read together, once
+    stop = train.StopFlag(torch.device("cpu"))
+    assert stop.vote() is stop.vote()  # one device tensor, filled in place: no new host-to-device copy
+
+
+def test_ddp_does_not_broadcast_buffers(monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        rt = runtime.Runtime(0, 0, 2, torch.device("cpu"), "cpu", torch.float32, False)  # "2 ranks": DDP wraps
+        cfg = load_config([str(ROOT / "configs/smoke.py"), "--input_embedding=kronecker", "--kron_mode=cached"])
+        _, ddp = train.build_model(cfg, rt)
+        assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+        assert ddp.broadcast_buffers is False and ddp.gradient_as_bucket_view is True
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", KRON_MODES)
+def test_codec_stays_fp32_under_bf16_autocast(mode):
+    torch.manual_seed(0)
+    emb = KroneckerEmbedding(50304, 24, 4, mode, token_bytes(50304))
+    ids = torch.randint(0, 50304, (64,))
+    plain = emb(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = emb(ids)
+    assert auto.dtype == torch.float32 and torch.equal(auto, plain)
+
+
+def test_peak_flops_table_and_which_entry(monkeypatch):
+    cuda = torch.device("cuda", 0)
+    for name, key, peak in [("NVIDIA H100 80GB HBM3", "H100", 989e12), ("NVIDIA H100 NVL", "H100 NVL", 835e12),
+                            ("NVIDIA H100 PCIe", "H100 PCIe", 756e12), ("NVIDIA L40S", "L40S", 362e12),
+                            ("NVIDIA L40", "L40", 181e12), ("NVIDIA A10G", "A10G", 70e12),
+                            ("NVIDIA GeForce RTX 4090", "RTX 4090", 165e12), ("Some Future GPU", None, None)]:
+        monkeypatch.setattr(runtime.torch.cuda, "get_device_name", lambda d, _n=name: _n)
+        assert runtime.peak_flops_entry(cuda) == (key, peak), name
+
+
+def test_benchmark_variants_all_run_compiled():
+    """Nine compiled models share GPT.forward's code cache: past dynamo's default limit of 8 the ninth would run in
+    eager mode, silently. The benchmark raises the limit and makes hitting it an error."""
+    import sys
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_step
+    cfg = torch._dynamo.config
+    saved = {k: getattr(cfg, k) for k in ("recompile_limit", "fail_on_recompile_limit_hit") if hasattr(cfg, k)}
+    torch._dynamo.reset()
+    try:
+        names = train_step.variants(list(ARMS), list(KRON_MODES))  # 16 variants, like the benchmark's
+        idx = torch.randint(0, 50257, (1, 8))
+
+        def run_all():
+            for arm, mode, fused in names:
+                torch.manual_seed(0)
+                m = GPT(GPTConfig(input_embedding=arm, kron_mode=mode, fused_head=fused, **TINY))
+                torch.compile(m, backend="eager")(idx, idx)
+        cfg.fail_on_recompile_limit_hit = True
+        with pytest.raises(Exception, match="recompile_limit|cache_size_limit"):
+            run_all()  # the default limit is really hit: without the benchmark's setting, variants go eager
+        torch._dynamo.reset()
+        train_step.allow_many_compiled_models(len(names))
+        assert cfg.recompile_limit >= len(names)
+        run_all()  # all compiled, none over the limit
+    finally:
+        for k, v in saved.items():
+            setattr(cfg, k, v)
+        torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_scripts_run_where_only_python3_exists(tmp_path, sample_dir):
+    bindir = tmp_path / "bin"  # every command on PATH except `python` (GPU images often only promise python3)
+    bindir.mkdir()
+    if not shutil.which("python3"):
+        os.symlink(shutil.which("python"), bindir / "python3")
+    for d in os.environ["PATH"].split(os.pathsep):
+        for f in (Path(d).iterdir() if Path(d).is_dir() else []):
+            if f.name != "python" and not (bindir / f.name).exists() and os.access(f, os.X_OK):
+                os.symlink(f, bindir / f.name)
+    env = {**os.environ, "PATH": str(bindir), "OMP_NUM_THREADS": "1"}
+    assert subprocess.run(["bash", "-c", "command -v python"], env=env, capture_output=True).returncode != 0
+    cmd = ["bash", "scripts/compare.sh", "configs/smoke.py", "--seeds", "1", "--arms", "bpe_tied", "--exp", "p3",
+           "--runs_dir", str(tmp_path), f"--data_dir={sample_dir}", "--max_steps=2", "--eval_interval=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "p3" / "tables" / "loss_table.md").exists()
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--smoke", "--data", str(sample_dir), "--out",
+                           str(tmp_path / "gc"), "--budget_s", "1"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and "gpu check: PASS" in (tmp_path / "gc" / "summary.md").read_text(), proc.stdout
