@@ -308,3 +308,21 @@ def arm_is_codec(model):
 
 def test_head_chunk_rule():
     assert model_mod.head_chunk_size(50304, "cpu") == 128 and model_mod.head_chunk_size(50304, "cuda") == 2048
+
+
+def test_same_seed_same_trunk_for_every_arm():
+    """At one seed every arm starts from identical shared weights (wpe, blocks, ln_f; the untied lm_head of
+    kronecker and bpe_untied), whatever its embedding draws; another seed gives other weights."""
+    def build(arm, seed):
+        torch.manual_seed(seed)
+        return dict(GPT(GPTConfig(input_embedding=arm, **TINY)).named_parameters())
+    models = {arm: build(arm, 1337) for arm in ARMS}
+    shared = [n for n in models["bpe_tied"] if not n.startswith(("transformer.wte", "lm_head"))]
+    assert len(shared) > 10 and any(n.startswith("transformer.h.0.attn") for n in shared)
+    for arm, params in models.items():
+        for n in shared:
+            assert torch.equal(params[n], models["bpe_tied"][n]), (arm, n)
+    assert torch.equal(models["kronecker"]["lm_head.weight"], models["bpe_untied"]["lm_head.weight"])
+    assert torch.equal(models["bpe_tied"]["transformer.wte.weight"], models["bpe_untied"]["transformer.wte.weight"])
+    other = build("kronecker", 1338)
+    assert not torch.equal(other["transformer.h.0.attn.c_attn.weight"], models["kronecker"]["transformer.h.0.attn.c_attn.weight"])

@@ -2,7 +2,9 @@
 import json
 import os
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +12,21 @@ from conftest import ROOT
 from model import ARMS
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def no_python(tmp_path_factory):
+    """An environment whose PATH has every command except `python` (GPU images often only promise python3)."""
+    bindir = tmp_path_factory.mktemp("bin")
+    if not shutil.which("python3"):
+        os.symlink(shutil.which("python"), bindir / "python3")
+    for d in os.environ["PATH"].split(os.pathsep):
+        for f in (Path(d).iterdir() if Path(d).is_dir() else []):
+            if f.name != "python" and not (bindir / f.name).exists() and os.access(f, os.X_OK):
+                os.symlink(f, bindir / f.name)
+    env = {**ENV, "PATH": str(bindir)}
+    assert subprocess.run(["bash", "-c", "command -v python"], env=env, capture_output=True).returncode != 0
+    return env
 
 
 @pytest.mark.slow
@@ -25,11 +42,11 @@ def test_quickstart_script(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_script_runs_every_arm_and_seed_then_tables(sample_dir, tmp_path):
+def test_compare_script_runs_every_arm_and_seed_then_tables(sample_dir, tmp_path, no_python):
     cmd = ["bash", "scripts/compare.sh", "configs/smoke.py", "--seeds", "1 2", "--arms", "bpe_tied kronecker",
            "--exp", "t", "--runs_dir", str(tmp_path), f"--data_dir={sample_dir}", "--max_steps=3",
            "--eval_interval=3"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=no_python)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = sorted(p.name for p in (tmp_path / "t").iterdir() if p.is_dir() and p.name != "tables")
     assert runs == ["bpe_tied_s1", "bpe_tied_s2", "kronecker_s1", "kronecker_s2"]
@@ -52,12 +69,13 @@ sys.meta_path.insert(0, _Block())
 """
 
 
-def _gpu_check(tmp_path, data, *args):
-    """scripts/gpu_check.sh at smoke size on the CPU, in a Python that cannot import datasets or wandb."""
+def _gpu_check(tmp_path, env, data, *args):
+    """scripts/gpu_check.sh at smoke size on the CPU, as on a bare GPU image: a Python that cannot import datasets
+    or wandb, and no `python` on PATH."""
     block = tmp_path / "block"
     block.mkdir(exist_ok=True)
     (block / "sitecustomize.py").write_text(BLOCKER)
-    env = {**ENV, "PYTHONPATH": str(block)}
+    env = {**env, "PYTHONPATH": str(block)}
     check = subprocess.run(["python3", "-c", "import datasets"], env=env, capture_output=True, text=True)
     assert check.returncode != 0 and "blocked" in check.stderr  # the shim works
     out = tmp_path / "out"
@@ -77,8 +95,8 @@ def _obeys_return_limits(out):
 
 
 @pytest.mark.slow
-def test_gpu_check_rehearsal_without_datasets_or_wandb(tmp_path, sample_dir):
-    proc, out = _gpu_check(tmp_path, tmp_path / "shards")  # no shards there: tokenized without datasets
+def test_gpu_check_rehearsal_without_datasets_or_wandb(tmp_path, sample_dir, no_python):
+    proc, out = _gpu_check(tmp_path, no_python, tmp_path / "shards")  # no shards there: tokenized without datasets
     for f in sorted(sample_dir.glob("*.bin")):
         assert (tmp_path / "shards" / f.name).read_bytes() == f.read_bytes()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -94,8 +112,8 @@ def test_gpu_check_rehearsal_without_datasets_or_wandb(tmp_path, sample_dir):
 
 
 @pytest.mark.slow
-def test_gpu_check_budget_skips_what_does_not_fit(tmp_path, sample_dir):
-    proc, out = _gpu_check(tmp_path, sample_dir, "--budget_s", "20")
+def test_gpu_check_budget_skips_what_does_not_fit(tmp_path, sample_dir, no_python):
+    proc, out = _gpu_check(tmp_path, no_python, sample_dir, "--budget_s", "16")
     steps = json.loads((out / "gpu_check.json").read_text())["steps"]
     skipped = {k: s for k, s in steps.items() if s["status"] == "skipped"}
     assert steps["a modes agree"]["status"] == "ok" and skipped  # the first step fits, later ones do not

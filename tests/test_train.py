@@ -113,3 +113,30 @@ def test_lr_schedule():
     assert train.get_lr(110, cfg) == pytest.approx(0.1) and train.get_lr(500, cfg) == 0.1
     cfg.lr_decay_steps = 210  # schedule length independent of where the run stops
     assert train.get_lr(110, cfg) == pytest.approx(0.55)
+
+
+@pytest.mark.slow
+def test_the_seed_picks_the_data_order_for_every_arm(sample_dir, tmp_path, monkeypatch):
+    """Same across arms at one seed, different across seeds, and the same after a resume."""
+    import data
+    seen = []
+    real = data.ShardLoader.next_batch
+
+    def recording(self):
+        x, y = real(self)
+        if self.split == "train":
+            seen.append(int(x[0, :8].sum()) * 1000003 + int(x[-1, -8:].sum()))
+        return x, y
+    monkeypatch.setattr(data.ShardLoader, "next_batch", recording)
+
+    def order(arm, seed, out, *extra):
+        seen.clear()
+        run_train(tmp_path / out, sample_dir, f"--input_embedding={arm}", f"--seed={seed}", "--eval_interval=100",
+                  "--ckpt_interval=3", *extra)
+        return list(seen)
+    a = order("bpe_tied", 1, "a", "--max_steps=6")
+    assert len(a) == 6 and order("kronecker", 1, "b", "--max_steps=6") == a
+    assert order("bpe_tied", 2, "c", "--max_steps=6") != a
+    first = order("kronecker_tied", 1, "d", "--max_steps=3", "--lr_decay_steps=6")
+    rest = order("kronecker_tied", 1, "d", "--max_steps=6", "--lr_decay_steps=6")
+    assert first + rest == a
