@@ -1,4 +1,4 @@
-# The CPU comparison scale: 4 arms x 3 seeds on the bundled Austen sample in under an hour on 2 cores.
+# The CPU comparison scale: every arm x 5 seeds on the bundled Austen sample (about 2 h on 2 cores, 2 runs at a time).
 # A 4-layer, 128-wide GPT-2-vocabulary model; each run sees 160 x 2,048 = 328k tokens (~1/3 epoch of the sample).
 data_dir = "data/sample"
 out_dir = "runs/cpu_tiny"

@@ -71,7 +71,8 @@ def test_lm_eval_runs_offline_on_an_export(exports, tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert res["arm"] == "kronecker" and 0 <= res["tasks"]["nanokron_tiny_mc"]["acc"] <= 1
+    assert {k: res[k] for k in ("arm", "step")} == {"arm": "kronecker", "step": 20}
+    assert 0 <= res["tasks"]["nanokron_tiny_mc"]["acc"] <= 1
     assert res["n_samples"]["nanokron_tiny_mc"]["effective"] == 8
 
 

@@ -178,11 +178,12 @@ def test_bad_shards(bad_data, tmp_path, capsys, defect, message):
     assert snapshot(data) == before
 
 
-def test_empty_data_dir_and_missing_config(tmp_path, capsys):
+def test_empty_data_dir_and_missing_config(tmp_path, sample_dir, capsys):
     (tmp_path / "empty").mkdir()
     for argv, message in [([str(ROOT / "configs/smoke.py"), f"--data_dir={tmp_path / 'empty'}"], "no 'train' shards"),
                           (["configs/nope.py"], "config file configs/nope.py not found; available in configs/: "),
-                          ([str(ROOT / "configs/smoke.py"), f"--out_dir={ROOT / 'train.py'}/x"], "is not writable")]:
+                          ([str(ROOT / "configs/smoke.py"), f"--data_dir={sample_dir}",
+                            f"--out_dir={ROOT / 'train.py'}/x"], "is not writable")]:
         with pytest.raises(SystemExit):
             train.main(argv)
         err = capsys.readouterr().err.strip().splitlines()
