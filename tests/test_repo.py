@@ -67,3 +67,18 @@ def test_no_absolute_paths_and_no_documents_from_outside():
             for m in outside.finditer(line):
                 found.append(f"{name}:{n}: refers to {m.group(0)!r}, which is not in the repo")
     assert not found, "\n".join(found[:40])
+
+
+def test_inference_code_never_loads_the_trainer():
+    """Generating, probing and exporting need model.py + checkpoint.py (and the stdlib-only config.py that
+    checkpoint.py reads resume rules from): no trainer, runtime, data loader, wandb or datasets, and no
+    torch.distributed module beyond what `import torch` itself loads."""
+    code = ("import sys; sys.path.insert(0, 'probes'); import torch; before = set(sys.modules); "
+            "import sample, export_hf, generation, geometry, robustness, param_accounting; "
+            "new = set(sys.modules) - before; "
+            "print(sorted(m for m in new if m.split('.')[0] in "
+            "('train', 'runtime', 'data', 'prepare_fineweb', 'wandb', 'datasets') "
+            "or m.startswith('torch.distributed')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
