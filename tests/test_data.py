@@ -122,7 +122,7 @@ def test_local_sources_go_through_datasets(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "empty", "column", "offline", "mismatch", "not_utf8", "fake_gz",
                                   "damaged_progress"])
-def test_prepare_errors_are_one_clear_line(tmp_path, case):
+def test_prepare_errors_are_one_clear_line(tmp_path, capsys, case):
     out = tmp_path / "out"
     if case == "missing":
         argv, match = ["--source", tmp_path / "nope.jsonl"], "does not exist"
@@ -152,12 +152,18 @@ def test_prepare_errors_are_one_clear_line(tmp_path, case):
         prep("--source", tmp_path / "c.jsonl", "--out_dir", out, "--val_tokens", "20")
         argv, match = ["--source", "sample"], "other settings"
     before = sorted(p.name for p in out.iterdir()) if out.exists() else None
-    proc = subprocess.run([sys.executable, str(ROOT / "prepare_fineweb.py"), *map(str, argv), "--out_dir", str(out),
-                           "--quiet"], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    argv = [*map(str, argv), "--out_dir", str(out), "--quiet"]
+    if case == "offline":  # through the real command line once: exit code 2, one line, no traceback
+        proc = subprocess.run([sys.executable, str(ROOT / "prepare_fineweb.py"), *argv], capture_output=True,
+                              text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        code, err = proc.returncode, proc.stderr
+    else:  # in-process: the same main(), without paying for an interpreter and `datasets` import each time
+        with pytest.raises(SystemExit) as e:
+            prepare_fineweb.main(argv)
+        code, err = e.value.code, capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     import re
     assert re.search(match, lines[0])
     assert (sorted(p.name for p in out.iterdir()) if out.exists() and before is not None else before) == before

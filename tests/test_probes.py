@@ -11,6 +11,7 @@ import generation  # noqa: E402
 import geometry  # noqa: E402
 import param_accounting  # noqa: E402
 import robustness  # noqa: E402
+from _common import run_main  # noqa: E402
 
 from model import ARMS  # noqa: E402
 
@@ -72,6 +73,15 @@ def test_mcnemar_and_bootstrap():
     assert ci["mean"] == 2.5 and ci["ci95"][0] < 2.5 < ci["ci95"][1]
 
 
+def one_error_line(capsys, call):
+    """Run an entry point in-process (no interpreter start-up) and return its single `error:` line; exit code 2."""
+    with pytest.raises(SystemExit) as e:
+        call()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
 @pytest.mark.parametrize("content,match", [
     ('{"category": "a", "clean": "x"}\n', "needs non-empty string fields"),
     ("not json\n", "is not valid JSON"),
@@ -79,13 +89,11 @@ def test_mcnemar_and_bootstrap():
     (b'{"category": "a", "clean": "caf\xe9", "typo": "cafe"}\n', "is not UTF-8 text"),
 ])
 @pytest.mark.slow
-def test_malformed_pairs_file_is_one_clear_error(smoke_ckpts, tmp_path, content, match):
+def test_malformed_pairs_file_is_one_clear_error(smoke_ckpts, tmp_path, capsys, content, match):
     pairs = tmp_path / "bad.jsonl"
     pairs.write_bytes(content if isinstance(content, bytes) else content.encode())
-    proc = subprocess.run([sys.executable, str(ROOT / "probes/robustness.py"), "--checkpoints",
-                           str(smoke_ckpts["bpe_tied"]), "--pairs", str(pairs), "--out", str(tmp_path / "o.json")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and match in proc.stderr
+    argv = ["--checkpoints", str(smoke_ckpts["bpe_tied"]), "--pairs", str(pairs), "--out", str(tmp_path / "o.json")]
+    assert match in one_error_line(capsys, lambda: run_main(lambda: robustness.main(argv)))
     assert not (tmp_path / "o.json").exists()
 
 
@@ -140,15 +148,20 @@ def test_param_accounting_table(capsys):
 
 
 @pytest.mark.slow
-def test_sample_and_probes_refuse_bad_input_in_one_line(smoke_ckpts, tmp_path):
+def test_sample_and_probes_refuse_bad_input_in_one_line(smoke_ckpts, tmp_path, capsys):
     import torch
+    import sample
     bad = tmp_path / "ckpt_0000001.pt"
     torch.save({"model": {}, "step": 1}, bad)  # a dict, but not a nanokron checkpoint
-    cases = [(["sample.py", str(smoke_ckpts["kronecker"]), "--num_samples", "0"], "--num_samples 0 is invalid"),
-             (["sample.py", str(smoke_ckpts["kronecker"]), "--temperature", "-1"], "--temperature -1.0 is invalid"),
-             (["sample.py", str(bad)], "not a nanokron checkpoint"),
-             (["probes/geometry.py", "--checkpoints", str(bad), "--out", str(tmp_path / "g.json")],
+    cases = [(lambda: sample.main([str(smoke_ckpts["kronecker"]), "--num_samples", "0"]), "--num_samples 0 is invalid"),
+             (lambda: sample.main([str(smoke_ckpts["kronecker"]), "--temperature", "-1"]),
+              "--temperature -1.0 is invalid"),
+             (lambda: sample.main([str(bad)]), "not a nanokron checkpoint"),
+             (lambda: run_main(lambda: geometry.main(["--checkpoints", str(bad), "--out", str(tmp_path / "g.json")])),
               "not a nanokron checkpoint")]
-    for argv, match in cases:
-        proc = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], capture_output=True, text=True)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and match in proc.stderr, proc.stderr
+    for call, match in cases:
+        assert match in one_error_line(capsys, call)
+    # and once through the real command line: exit code 2, one line, no traceback
+    proc = subprocess.run([sys.executable, str(ROOT / "probes/geometry.py"), "--checkpoints", str(bad), "--out",
+                           str(tmp_path / "g.json")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not a nanokron checkpoint" in proc.stderr

@@ -33,7 +33,7 @@ def no_python(tmp_path_factory):
 def test_quickstart_script(tmp_path):
     out = tmp_path / "qs"
     proc = subprocess.run(["bash", "scripts/quickstart.sh"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**ENV, "STEPS": "4", "OUT": str(out)})
+                          env={**ENV, "STEPS": "2", "OUT": str(out)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| bpe_tied |" in proc.stdout and "| kronecker |" in proc.stdout and "kronecker vs bpe_tied" in proc.stdout
     assert (out / "val_loss.png").stat().st_size > 10_000
@@ -54,8 +54,9 @@ def test_compare_script_runs_every_arm_and_seed_then_tables(sample_dir, tmp_path
     assert summary["arms"]["kronecker"]["seeds"] == [1, 2]
     # finished runs are skipped on a rerun: nothing is retrained
     before = (tmp_path / "t/kronecker_s1/metrics.jsonl").read_text()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
-    assert proc.returncode == 0 and proc.stdout.count("already finished") == 4
+    rerun = [a if a != "1 2" else "1" for a in cmd]  # one seed is enough to see the skip
+    proc = subprocess.run(rerun, cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0 and proc.stdout.count("already finished") == 2
     assert (tmp_path / "t/kronecker_s1/metrics.jsonl").read_text() == before
 
 
