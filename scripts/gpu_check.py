@@ -202,12 +202,18 @@ def step_dense_modes(ck, cfg, rt, steps):
     del runs
 
 
-def run_train_py(args, log):
-    """train.py in a subprocess; returns (rc, last lines of its output)."""
+def portable(text, work):
+    """A log that can be committed: the scratch folder and the checkout are named, not spelled out."""
+    return text.replace(str(work), "WORK").replace(str(ROOT), ".")
+
+
+def run_train_py(args, log, work):
+    """train.py in a subprocess; returns (rc, its output). The log keeps the last lines (the folder must stay
+    small)."""
     p = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True, cwd=ROOT)
     text = p.stdout + p.stderr
-    with open(log, "a") as f:  # trimmed: the folder must stay small
-        f.write("\n".join(text.splitlines()[-40:]) + "\n")
+    with open(log, "a") as f:
+        f.write(portable("\n".join(text.splitlines()[-40:]), work) + "\n")
     return p.returncode, text
 
 
@@ -221,8 +227,8 @@ def step_train_py(ck, cfg_path, data, out, work, smoke):
               "--warmup_steps=5", "--lr_decay_steps=30"]
     if not smoke:
         common += ["--batch_size=16", "--total_batch_size=16384", "--val_tokens=32768"]
-    rc1, _ = run_train_py(common + ["--max_steps=20"], out / "train_py.log")
-    rc2, text = run_train_py(common + ["--max_steps=30"], out / "train_py.log")
+    rc1, _ = run_train_py(common + ["--max_steps=20"], out / "train_py.log", work)
+    rc2, text = run_train_py(common + ["--max_steps=30"], out / "train_py.log", work)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()] if rc2 == 0 else []
     val = [r["val_loss"] for r in rows if "val_loss" in r]
     ok = rc1 == 0 and rc2 == 0 and "resumed from" in text and len(val) >= 2 and val[-1] < val[0]
@@ -249,7 +255,7 @@ def step_nccl(ck, cfg_path, data, out, work, smoke):
     if not smoke:
         cmd += ["--batch_size=16", "--total_batch_size=32768", "--val_tokens=32768"]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    (out / "ddp.log").write_text("\n".join((p.stdout + p.stderr).splitlines()[-40:]))
+    (out / "ddp.log").write_text(portable("\n".join((p.stdout + p.stderr).splitlines()[-40:]), work))
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()] if p.returncode == 0 else []
     spread = [r["ddp_param_spread"] for r in rows if "ddp_param_spread" in r]
     ok = p.returncode == 0 and spread and spread[-1] == 0
@@ -309,7 +315,7 @@ def main(argv=None):
     verdict = "PASS" if ck.ok else "FAIL"
     with open(out / "summary.md", "a") as f:
         f.write(f"\ngpu check: {verdict} in {time.time() - ck.t0:.0f} s\n")
-    print(f"gpu check: {verdict} in {time.time() - ck.t0:.0f} s -> {out}")
+    print(f"gpu check: {verdict} in {time.time() - ck.t0:.0f} s (summary.md, gpu_check.json)")
     return 0 if ck.ok else 1
 
 

@@ -33,5 +33,9 @@ if [[ -z "$OUT" ]]; then
 fi
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/nvidia_smi.csv" 2>/dev/null || rm -f "$OUT/nvidia_smi.csv"
-"$PY" scripts/gpu_check.py --data "$DATA" --out "$OUT" "${ARGS[@]}" 2>&1 | tee "$OUT/gpu_check.log"
-exit "${PIPESTATUS[0]}"
+# (library warnings name their install folder: shortened so the log names no machine path)
+"$PY" scripts/gpu_check.py --data "$DATA" --out "$OUT" "${ARGS[@]}" 2>&1 \
+  | sed -u -E 's#[^ "(]*/(site|dist)-packages/#<site-packages>/#g' | tee "$OUT/gpu_check.log"
+rc=${PIPESTATUS[0]}
+echo "results in $OUT" >&2
+exit "$rc"

@@ -33,7 +33,8 @@ def test_a_fifth_arm_is_one_registry_entry(sample_dir, tmp_path, monkeypatch):
     assert toy["ref"] == "bpe_tied" and toy["delta"]["mean"] == 0.0
 
 
-TEXT = (".py", ".md", ".sh", ".sbatch", ".toml", ".txt", ".json", ".jsonl", ".yaml", ".yml", ".cfg", "")
+TEXT = (".py", ".md", ".sh", ".sbatch", ".toml", ".txt", ".json", ".jsonl", ".yaml", ".yml", ".cfg", ".log",
+        ".csv", "")
 SYSTEM = ("/dev/null", "/usr/bin/env", "/bin/bash", "/proc/", "/dev/")
 
 

@@ -110,6 +110,12 @@ def test_gpu_check_rehearsal_without_datasets_or_wandb(tmp_path, sample_dir, no_
     summary = (out / "summary.md").read_text()
     assert "gpu check: PASS" in summary and summary.count("(falls)") == len(ARMS)
     _obeys_return_limits(out)
+    # the folder is meant to be committed: its logs name no scratch folder, checkout or install path
+    import tempfile
+    for f in out.iterdir():
+        text = f.read_text()
+        for path in (tempfile.gettempdir() + "/", str(ROOT), "site-packages/"):
+            assert path not in text, f"{f.name} names {path}"
 
 
 @pytest.mark.slow
