@@ -89,18 +89,19 @@ def forward_backward(model, batches, rt: Runtime):
     return loss_sum / n
 
 
-def optimizer_step(raw_model, optimizer, lr: float, grad_clip: float, loss):
-    """Clip, read loss and grad norm in one host sync, step only if both are finite.
-    Returns (loss, grad_norm, finite) as Python numbers."""
+def optimizer_step(raw_model, optimizer, lr: float, grad_clip: float, loss, vote=None):
+    """Clip, read loss, grad norm (and the DDP stop vote) in one host sync, step only if loss and norm are finite.
+    Returns (loss, grad_norm, finite, vote) as Python numbers (vote None when none was given)."""
     norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-    loss_f, norm_f = torch.stack([loss.detach().float(), norm.float()]).tolist()
+    read = [loss.detach().float(), norm.float()] + ([vote.float()] if vote is not None else [])
+    loss_f, norm_f, *vote_f = torch.stack(read).tolist()
     finite = math.isfinite(loss_f) and math.isfinite(norm_f)
     if finite:
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_f, norm_f, finite
+    return loss_f, norm_f, finite, (vote_f[0] if vote_f else None)
 
 
 @torch.no_grad()
@@ -316,12 +317,12 @@ def _train(cfg, rt, accum, loader, val_loader, val_steps, data_id, out_dir, stop
         loader_state = loader.state_dict()
         batches = fetch() if step + 1 < cfg.max_steps else None
         votes = None
-        if rt.ddp:  # mean loss and "was any rank signalled" in one all-reduce
+        if rt.ddp:  # mean loss and "was any rank signalled" in one all-reduce, read with the grad norm
             summed = torch.stack([loss, stop.vote()])
             dist.all_reduce(summed, op=dist.ReduceOp.SUM)
             loss, votes = summed[0] / rt.world, summed[1]
-        loss_f, grad_norm, finite = optimizer_step(raw, optimizer, lr, cfg.grad_clip, loss)
-        interrupted = bool(votes.item()) if votes is not None else stop.signum is not None  # read after the sync
+        loss_f, grad_norm, finite, votes_f = optimizer_step(raw, optimizer, lr, cfg.grad_clip, loss, votes)
+        interrupted = votes_f > 0 if votes is not None else stop.signum is not None
         step += 1
         dt = time.time() - t_last
         tok_s = cfg.total_batch_size / dt

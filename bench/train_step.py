@@ -80,7 +80,7 @@ def timed_step(run, batches, rt, cfg):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     loss = train.forward_backward(run["model"], batches, rt)
-    loss_f, _, _ = train.optimizer_step(run["raw"], run["opt"], cfg.learning_rate, cfg.grad_clip, loss)
+    loss_f, _, _, _ = train.optimizer_step(run["raw"], run["opt"], cfg.learning_rate, cfg.grad_clip, loss)
     if cuda:
         torch.cuda.synchronize()
         run["peak_mem"] = max(run["peak_mem"], (torch.cuda.max_memory_allocated() - before) / 2 ** 20)

@@ -101,7 +101,7 @@ def step_train_arms(ck, cfg, rt, data, n_steps):
                 lr = train.get_lr(i, cfg)
                 t_step = time.time()
                 loss = train.forward_backward(run["model"], batches, rt)
-                loss_f, _, finite = train.optimizer_step(run["raw"], run["opt"], lr, cfg.grad_clip, loss)
+                loss_f, _, finite, _ = train.optimizer_step(run["raw"], run["opt"], lr, cfg.grad_clip, loss)
                 run["losses"].append(loss_f)
                 if i == 0:
                     first_done = time.time() - t  # build + compile + first step

@@ -65,6 +65,11 @@ def test_one_host_sync_per_optimizer_step(monkeypatch):
     assert syncs == []  # no sync inside the micro-step loop
     train.optimizer_step(model, opt, 1e-3, 1.0, loss)
     assert syncs == ["tolist"]  # loss and grad norm read together, once
+    # under DDP the all-reduced stop vote is read in that same sync (not after the optimizer step was queued)
+    syncs.clear()
+    loss = train.forward_backward(model, _batches(1), CPU)
+    out = train.optimizer_step(model, opt, 1e-3, 1.0, loss, vote=torch.ones(()))
+    assert syncs == ["tolist"] and out[3] == 1.0
     stop = train.StopFlag(torch.device("cpu"))
     assert stop.vote() is stop.vote()  # one device tensor, filled in place: no new host-to-device copy
 

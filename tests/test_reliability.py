@@ -278,9 +278,9 @@ def test_divergence_is_never_saved_as_good_and_a_lower_lr_recovers(sample_dir, t
 def test_a_transient_spike_warns_and_defers_the_checkpoint(sample_dir, tmp_path, monkeypatch, capsys):
     real = train.optimizer_step
 
-    def spiky(raw, opt, lr, clip, loss):
-        loss_f, norm, finite = real(raw, opt, lr, clip, loss)
-        return loss_f, (1e4 if len(opt.state) and spiky.calls == 11 else norm), finite
+    def spiky(raw, opt, lr, clip, loss, vote=None):
+        loss_f, norm, finite, vote_f = real(raw, opt, lr, clip, loss, vote)
+        return loss_f, (1e4 if len(opt.state) and spiky.calls == 11 else norm), finite, vote_f
     spiky.calls = 0
 
     def counting(*a):
