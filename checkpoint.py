@@ -303,6 +303,6 @@ def open_run_dir(out_dir: Path) -> RunLock:
     except OSError as e:
         raise CheckpointError(f"out_dir {out_dir} is not writable ({e.strerror or e}); pass a writable --out_dir") \
             from None
-    for stale in out_dir.glob(".ckpt_*.tmp"):  # only the lock holder writes here, so these are dead
+    for stale in out_dir.glob(".*.tmp"):  # atomic_write temp files; only the lock holder writes here: dead
         stale.unlink()
     return lock

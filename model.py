@@ -194,7 +194,7 @@ class KroneckerEmbedding(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator=None):
         # N(0, 1/D): keeps emb(t) ~ unit scale since x(t) is z-normalised. GPT-2's 0.02 init must not touch it.
-        self.proj.normal_(0.0, 1.0 / math.sqrt(self.D), generator=generator)
+        self.proj.copy_(torch.randn(self.proj.shape, generator=generator) / math.sqrt(self.D))
 
     def extra_repr(self):
         return f"vocab={self.vocab_size}, P={self.P}, D={self.D}, d={self.n_embd}, mode={self.mode}"
@@ -423,7 +423,7 @@ class GPT(nn.Module):
             elif isinstance(module, nn.Embedding):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 0.02)
             elif isinstance(module, KroneckerEmbedding):
-                module.proj.copy_(torch.randn(module.proj.shape, generator=g) / math.sqrt(module.D))
+                module.reset_parameters(generator=g)
             elif isinstance(module, nn.LayerNorm):
                 module.reset_parameters()
 
