@@ -461,16 +461,12 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
-        arm = self.config.arm
-        if arm.codec and arm.tied:
-            # one table per forward, shared by the input lookup and the output head: gradients from both uses
-            # meet in proj. Cost ~ V * L_mean * d, small next to the step.
-            if table is None:
-                table = self.input_table()
-            if tok_emb is None:
-                tok_emb = F.embedding(idx, table)
-        elif tok_emb is None:
-            tok_emb = self.transformer.wte(idx)
+        # A tied codec arm builds one table per forward, shared by the input lookup and the output head: gradients
+        # from both uses meet in proj. Cost ~ V * L_mean * d, small next to the step.
+        if table is None:
+            table = self.shared_table()
+        if tok_emb is None:
+            tok_emb = F.embedding(idx, table) if table is not None else self.transformer.wte(idx)
         pos = torch.arange(T, device=idx.device)
         x = self.transformer.drop(tok_emb + self.transformer.wpe(pos))
         for block in self.transformer.h:
