@@ -28,6 +28,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -230,13 +231,15 @@ class ShardWriter:
         self.progress, self.progress_path = progress, progress_path
         self.kept = kept  # records of the complete shards
         self.total = sum(r["tokens"] for r in kept)  # tokens in complete shards
-        self.buf = []  # [doc index, offset within the doc, tokens] not yet in a shard
+        self.buf = deque()  # [doc index, offset within the doc, tokens] not yet in a shard
+        self.n_pending = 0  # tokens in buf, kept as a count: a 100M-token shard gathers ~10^5 documents
 
     def pending(self) -> int:
-        return sum(len(c[2]) for c in self.buf)
+        return self.n_pending
 
     def add(self, doc_i, offset, toks):
         self.buf.append([doc_i, offset, toks])
+        self.n_pending += len(toks)
 
     def flush(self, next_doc, train_docs, final=False):
         """Write every complete shard (and, if final, the rest)."""
@@ -248,8 +251,9 @@ class ShardWriter:
                 if len(toks) > take:
                     self.buf[0] = [d, off + take, toks[take:]]
                 else:
-                    self.buf.pop(0)
+                    self.buf.popleft()
                 take -= len(parts[-1])
+            self.n_pending -= self.shard_tokens - take
             path = shard_name(self.out_dir, self.prefix, "train", len(self.kept) + 1)
             write_shard(path, np.concatenate(parts))
             n = sum(len(p) for p in parts)
