@@ -136,9 +136,10 @@ def export(ckpt_path, out_dir, dtype="float32"):
     GenerationConfig(bos_token_id=EOT, eos_token_id=EOT, pad_token_id=EOT,
                      suppress_tokens=padding or None).save_pretrained(out)
     write_tokenizer(out, cfg.block_size)
+    # (the checkpoint as run folder/file name: an export is meant to be shared, a full path names the machine)
     meta = {"arm": cfg.input_embedding, "codec": cfg.arm.codec, "tied": cfg.arm.tied,
             "kron_pos_dim": cfg.kron_pos_dim if cfg.arm.codec else None, "vocab_size": cfg.vocab_size,
-            "real_vocab": N_VOCAB, "source_checkpoint": str(ckpt_path), "step": ckpt["step"],
+            "real_vocab": N_VOCAB, "source_checkpoint": f"{Path(ckpt_path).parent.name}/{Path(ckpt_path).name}", "step": ckpt["step"],
             "seed": ckpt.get("config", {}).get("seed"), "tokenizer": RANKS_PATH.name,
             "tokenizer_sha256": RANKS_SHA256, "nanokron_commit": git_commit(), "dtype": dtype,
             "model_args": ckpt["model_args"]}

@@ -40,6 +40,7 @@ def test_exported_logits_and_greedy_text_equal_nanokrons(exports, smoke_ckpts, a
     assert theirs[0].tolist() == ours[0].tolist()
     meta = json.loads((exports[arm] / "nanokron.json").read_text())
     assert meta["arm"] == arm and meta["tokenizer_sha256"].startswith("306cd27f") and meta["step"] == 20
+    assert meta["source_checkpoint"] == f"{arm}/ckpt_0000020.pt"  # run folder/file: no machine path in an export
     cfg = json.loads((exports[arm] / "config.json").read_text())
     assert cfg["vocab_size"] == 50304 and cfg["tie_word_embeddings"] == (arm == "bpe_tied")
 
