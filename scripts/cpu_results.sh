@@ -26,8 +26,9 @@ CK=$(for d in runs/cpu_tiny/*_s1337; do echo "$d"; done)
 
 # 3. benchmarks (run on a quiet machine: they time things; 1 thread gives steadier ratios)
 mkdir -p results/bench
+# (the printed tables, with command, commit and machine, are what results/bench/*.md record)
 OMP_NUM_THREADS=1 "$PY" bench/train_step.py configs/cpu_tiny.py --steps 10 --warmup 2 \
-  --json results/bench/train_step_cpu.json | tee results/bench/train_step_cpu.txt
-"$PY" bench/embedding.py --json results/bench/embedding.json | tee results/bench/embedding.txt
-"$PY" bench/tokenize_bench.py --json results/bench/tokenize.json | tee results/bench/tokenize.txt
-"$PY" bench/tokenize_bench.py --repeat 10 --json results/bench/tokenize_x10.json | tee results/bench/tokenize_x10.txt
+  --kron_modes sparse,dynamic,cached --json results/bench/train_step_cpu.json
+"$PY" bench/embedding.py --json results/bench/embedding.json
+"$PY" bench/tokenize_bench.py --json results/bench/tokenize.json
+"$PY" bench/tokenize_bench.py --repeat 10 --json results/bench/tokenize_x10.json
