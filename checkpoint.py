@@ -1,4 +1,4 @@
-"""Checkpoints: the one atomic writer, save / read / find / rotate, loading a model for inference, RNG state, and
+"""Checkpoints: save / read / find / rotate, loading a model for inference, RNG state, and
 the lock that makes a run folder single-writer.
 
 A checkpoint (ckpt_<step>.pt) holds everything a run needs to go on exactly where it stopped: model and optimizer
@@ -6,15 +6,9 @@ state, the step, the flat config, every rank's data position and RNG states, and
 identities. Inference (sample.py, probes, export) needs only this file and model.py.
 """
 import errno
-import math
 import os
 import random
-import secrets
 import socket
-import statistics
-import subprocess
-import sys
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -23,41 +17,14 @@ import torch
 from config import resume_mismatches
 from model import GPT, GPTConfig
 from tokenizer import RANKS_SHA256
+from util import UserError, atomic_write, warn
 
-ROOT = Path(__file__).resolve().parent
 
-
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint or run folder that cannot be used as asked; the message says what to do."""
 
 
-def warn(msg):
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-
 # -- writing -------------------------------------------------------------------------------------------------------
-
-def atomic_write(path, write) -> None:
-    """Write a file so that a crash at any moment leaves either the old file or the new one, never half of one:
-    write(f) fills a temp file (unique per writer), which is fsynced, renamed over `path`, and the folder fsynced.
-    On any failure the temp file is removed and `path` is untouched."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def save_checkpoint(path, state: dict) -> None:
     try:
@@ -192,60 +159,6 @@ def check_resume(ckpt, path, cfg, data_id, world):
                               f"resume with --nproc_per_node={len(ckpt['loader'])}")
 
 
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
-    except Exception:
-        return None
-
-
-
-# -- which checkpoints can be trusted ------------------------------------------------------------------------------
-
-class Health:
-    """Is training still sane? A step is healthy when its loss and grad norm are finite, its loss is at most
-    LOSS_MARGIN nats above where the run started (worse than the untrained model means divergence), and its grad
-    norm is at most SPIKE x the median of the last healthy steps. Checkpoints are written only after healthy steps
-    (a transient spike defers them). The loss of step t measures the weights after step t-1, so a checkpoint counts
-    as *good* only once the step after it was healthy. MAX_BAD unhealthy steps in a row stop the run."""
-    LOSS_MARGIN, SPIKE, MAX_BAD, WINDOW, MIN_HISTORY = 1.0, 20.0, 20, 50, 10
-
-    def __init__(self, state=None, resumed_from=None):
-        s = state or {}
-        self.start_loss, self.bad_run = s.get("start_loss"), s.get("bad_run", 0)
-        self.norms = deque(s.get("norms", []), maxlen=self.WINDOW)
-        self.last_good = s.get("last_good")
-        self.pending = resumed_from  # a checkpoint's name, saved but not yet followed by a healthy step
-
-    def state(self):
-        return {"start_loss": self.start_loss, "bad_run": self.bad_run, "norms": list(self.norms),
-                "last_good": self.last_good}
-
-    def check(self, loss, norm, finite, vocab_size) -> str | None:
-        """None if the step is healthy, else what is wrong with it."""
-        if self.start_loss is None and finite:
-            self.start_loss = max(loss, math.log(vocab_size))
-        median = statistics.median(self.norms) if len(self.norms) >= self.MIN_HISTORY else None
-        if not finite:
-            why = "non-finite loss or gradient norm"
-        elif loss > self.start_loss + self.LOSS_MARGIN:
-            why = f"loss {loss:.4g} above the starting {self.start_loss:.3f} + {self.LOSS_MARGIN}"
-        elif median is not None and norm > self.SPIKE * median:
-            why = f"grad norm {norm:.4g} > {self.SPIKE:g} x the recent median {median:.3g}"
-        else:
-            self.norms.append(norm)
-            self.bad_run = 0
-            if self.pending:
-                self.last_good, self.pending = self.pending, None
-            return None
-        self.bad_run += 1
-        return why
-
-    def saved(self, name):
-        self.pending = name
-
-
 # -- RNG state -----------------------------------------------------------------------------------------------------
 
 def capture_rng(device: torch.device) -> dict:
@@ -293,6 +206,12 @@ class RunLock:
         if self.file is not None:
             self.file.close()  # closing the descriptor drops the flock
             self.file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def open_run_dir(out_dir: Path) -> RunLock:

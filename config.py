@@ -17,54 +17,63 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model import GPTConfig
+from util import ROOT, UserError
 
-ROOT = Path(__file__).resolve().parent
 
-
-class UserError(RuntimeError):
-    """A mistake in the command, config or files: printed as one `error:` line, exit code 2."""
+def opt(default, resumable=False, choices=None, positive=False):
+    """A config field with what the loader checks: `choices` (allowed values), `positive` (>= 1), and whether a
+    resumed run may change it (`resumable`: how long and how fast the run goes on, how it is watched, where it
+    runs; everything else is what the run *is* and must match the checkpoint)."""
+    return field(default=default, metadata={"resumable": resumable, "choices": choices, "positive": positive})
 
 
 @dataclass
 class TrainConfig:
     # data and output
-    data_dir: str = "data/sample"
-    out_dir: str = "runs/default"
+    data_dir: str = opt("data/sample", resumable=True)
+    out_dir: str = opt("runs/default", resumable=True)
     # the model: arm and GPT-2 shape (flat keys: --n_layer=4, --input_embedding=kronecker, ...)
     model: GPTConfig = field(default_factory=GPTConfig)
-    # batch: total_batch_size tokens per optimizer step = batch_size * block_size * world * grad_accum
-    batch_size: int = 16
-    total_batch_size: int = 524288
+    # batch: total_batch_size tokens per optimizer step = batch_size * block_size * world * grad_accum.
+    # batch_size may change on resume: a step's tokens do not depend on how it is split into micro-batches
+    # (data.ShardLoader); only float rounding does.
+    batch_size: int = opt(16, resumable=True, positive=True)
+    total_batch_size: int = opt(524288, positive=True)
     shuffle: bool = True  # the seed also picks the order of training steps' data (the same for every arm)
     # optimizer and schedule (linear warmup, cosine to min_lr at lr_decay_steps, then flat)
-    learning_rate: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 715
-    max_steps: int = 4768
-    lr_decay_steps: int = 0  # 0 = max_steps
-    weight_decay: float = 0.1
+    learning_rate: float = opt(6e-4, resumable=True)
+    min_lr: float = opt(6e-5, resumable=True)
+    warmup_steps: int = opt(715, resumable=True)
+    max_steps: int = opt(4768, resumable=True, positive=True)
+    lr_decay_steps: int = opt(0, resumable=True)  # 0 = max_steps
+    weight_decay: float = opt(0.1, resumable=True)
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
-    nonfinite: str = "stop"  # 'stop' the run on a non-finite loss/grad norm, or 'skip' that step (counted)
+    grad_clip: float = opt(1.0, resumable=True)
+    # 'stop' the run on a non-finite loss/grad norm, or 'skip' that step (counted)
+    nonfinite: str = opt("stop", resumable=True, choices=("stop", "skip"))
     # evaluation, logging, checkpoints
-    eval_interval: int = 250
+    eval_interval: int = opt(250, resumable=True, positive=True)
     val_tokens: int = 10485760
-    log_interval: int = 10
-    norm_interval: int = 50
-    ckpt_interval: int = 500
-    keep_checkpoints: int = 3
-    progress: bool = True  # tqdm bar on rank 0
+    # the last eval's val tokens (0: val_tokens): a study's endpoint on a larger val set than the curves use; more
+    # than the split holds = every full batch of it
+    final_val_tokens: int = opt(0, resumable=True)
+    log_interval: int = opt(10, resumable=True, positive=True)
+    norm_interval: int = opt(50, resumable=True, positive=True)
+    ckpt_interval: int = opt(500, resumable=True, positive=True)
+    keep_checkpoints: int = opt(3, resumable=True, positive=True)
+    progress: bool = opt(True, resumable=True)  # tqdm bar on rank 0
     seed: int = 1337
     # runtime
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bf16 autocast where the GPU has bf16, else fp32) | float32 | bfloat16
-    compile: str = "auto"  # auto (on for CUDA) | true | false
+    device: str = opt("auto", resumable=True)  # auto | cpu | cuda | cuda:N | mps
+    # auto (bf16 autocast where the GPU has bf16, else fp32) | float32 | bfloat16
+    dtype: str = opt("auto", resumable=True, choices=("auto", "float32", "bfloat16"))
+    compile: str = opt("auto", resumable=True, choices=("auto", "true", "false"))  # auto = on for CUDA
     # wandb
-    wandb_mode: str = "disabled"  # disabled | offline | online
-    wandb_project: str = "nanokron"
-    wandb_run_name: str = ""  # default <arm>_s<seed>
-    wandb_group: str = ""  # experiment name
+    wandb_mode: str = opt("disabled", resumable=True, choices=("disabled", "offline", "online"))
+    wandb_project: str = opt("nanokron", resumable=True)
+    wandb_run_name: str = opt("", resumable=True)  # default <arm>_s<seed>
+    wandb_group: str = opt("", resumable=True)  # experiment name
 
     def to_dict(self) -> dict:
         """Flat {key: value}, model keys included: what config.json and checkpoints store."""
@@ -85,19 +94,10 @@ MODEL_KEYS = tuple(f.name for f in dataclasses.fields(GPTConfig))
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "model")
 TYPES = {**typing.get_type_hints(GPTConfig), **typing.get_type_hints(TrainConfig)}
 TYPES.pop("model")
-CHOICES = {"nonfinite": ("stop", "skip"), "dtype": ("auto", "float32", "bfloat16"),
-           "compile": ("auto", "true", "false"), "wandb_mode": ("disabled", "offline", "online")}
-POSITIVE = ("batch_size", "total_batch_size", "max_steps", "eval_interval", "log_interval", "norm_interval",
-            "ckpt_interval", "keep_checkpoints")
-
-# Resuming a run may change only these: how long and how fast it goes on, how it is watched, where it runs.
-# Everything else (model, arm, seed, data order, batch geometry, val set, optimizer betas) is what the run *is*
-# and must match the checkpoint. batch_size may change because a step's tokens do not depend on how the step is
-# split into micro-batches (data.ShardLoader); only float rounding does.
-RESUMABLE = ("data_dir", "out_dir", "kron_mode", "fused_head", "batch_size", "learning_rate", "min_lr",
-             "warmup_steps", "max_steps", "lr_decay_steps", "weight_decay", "grad_clip", "nonfinite",
-             "eval_interval", "log_interval", "norm_interval", "ckpt_interval", "keep_checkpoints", "progress",
-             "device", "dtype", "compile", "wandb_mode", "wandb_project", "wandb_run_name", "wandb_group")
+FIELDS = {f.name: f for f in dataclasses.fields(GPTConfig) + dataclasses.fields(TrainConfig) if f.name != "model"}
+CHOICES = {k: f.metadata["choices"] for k, f in FIELDS.items() if f.metadata.get("choices")}
+POSITIVE = tuple(k for k, f in FIELDS.items() if f.metadata.get("positive"))
+RESUMABLE = tuple(k for k, f in FIELDS.items() if f.metadata.get("resumable"))
 
 
 def _closest(key):

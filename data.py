@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from checkpoint import atomic_write
+from util import UserError, atomic_write
 
 MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
 HEADER_BYTES = HEADER_INTS * 4
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """A problem with the data on disk; the message names the file and what to do."""
 
 

@@ -2,12 +2,10 @@
 
     python export_hf.py runs/cpu_tiny/kronecker_s1337 --out exports/kronecker_s1337 [--dtype bfloat16] [--check]
 
-At inference the Kronecker input embedding is a fixed table: codec(token) @ proj for every id, so every arm becomes
-a plain GPT-2. What is written:
-  bpe_tied        GPT-2 as is; the head is tied to wte (tie_word_embeddings)
-  bpe_untied      GPT-2 with its own lm_head
-  kronecker       wte = the materialised codec table (V x d, padding ids included: zero rows), own lm_head
-  kronecker_tied  wte = the table; lm_head = the table times 1/sqrt(d), the scale nanokron's tied codec head applies
+At inference every input embedding is a fixed V x d table (for the codec: codec(token) @ proj for every id,
+padding ids included as zero rows), so every arm becomes a plain GPT-2. What is written: wte = that table; the
+head tied to it (tie_word_embeddings) when the arm's head is the table itself, else lm_head = the arm's own head
+matrix, or the table times the embedding's head scale (a tied codec head applies 1/sqrt(d)).
 The padded vocabulary (50,304) is kept so logits match position for position; generation_config.json suppresses
 the padding ids, as sample.py never emits them. The tokenizer files (vocab.json, merges.txt, tokenizer.json, ...)
 are built offline from data/gpt2.tiktoken. nanokron.json records the arm, the codec size, the source checkpoint
@@ -23,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import CheckpointError, git_commit, load_checkpoint, resolve_checkpoint
+from checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from tokenizer import EOT, N_VOCAB, RANKS_PATH, RANKS_SHA256, get_encoding
+from util import git_commit
 
 SPECIAL = "<|endoftext|>"
 
@@ -105,10 +104,15 @@ def hf_state_dict(model) -> dict:
             out[p + name + ".bias"] = _bias(lin, lin.out_features)
         for name, ln in (("ln_1", block.ln_1), ("ln_2", block.ln_2)):
             out[p + name + ".weight"], out[p + name + ".bias"] = ln.weight, _bias(ln, d)
-    if not (cfg.arm.tied and not cfg.arm.codec):  # a tied BPE head *is* wte: transformers ties it on load
-        # head_input() is linear in h, so the scale a tied codec head applies to h moves into the weight
+    if not head_is_table(model):  # otherwise the head *is* wte: transformers ties it on load
+        # head_input() is linear in h, so a scale the head applies to h moves into the weight
         out["lm_head.weight"] = model.head(torch.eye(d), table).t() if model.lm_head is None else model.lm_head.weight
     return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
+
+
+def head_is_table(model) -> bool:
+    """Is the output matrix exactly the input table (a tied head with no scale)?"""
+    return model.lm_head is None and model.transformer.wte.head_scale == 1.0
 
 
 def _bias(module, n):
@@ -125,7 +129,7 @@ def export(ckpt_path, out_dir, dtype="float32"):
                         n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=4 * cfg.n_embd,
                         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         layer_norm_epsilon=1e-5, bos_token_id=EOT, eos_token_id=EOT,
-                        tie_word_embeddings=cfg.arm.tied and not cfg.arm.codec, architectures=["GPT2LMHeadModel"])
+                        tie_word_embeddings=head_is_table(model), architectures=["GPT2LMHeadModel"])
     hf = GPT2LMHeadModel(hf_cfg)
     missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and hf_cfg.tie_word_embeddings)]
@@ -137,8 +141,8 @@ def export(ckpt_path, out_dir, dtype="float32"):
                      suppress_tokens=padding or None).save_pretrained(out)
     write_tokenizer(out, cfg.block_size)
     # (the checkpoint as run folder/file name: an export is meant to be shared, a full path names the machine)
-    meta = {"arm": cfg.input_embedding, "codec": cfg.arm.codec, "tied": cfg.arm.tied,
-            "kron_pos_dim": cfg.kron_pos_dim if cfg.arm.codec else None, "vocab_size": cfg.vocab_size,
+    meta = {"arm": cfg.input_embedding, "tied": cfg.arm.tied, **model.transformer.wte.describe(),
+            "vocab_size": cfg.vocab_size,
             "real_vocab": N_VOCAB, "source_checkpoint": f"{Path(ckpt_path).parent.name}/{Path(ckpt_path).name}", "step": ckpt["step"],
             "seed": ckpt.get("config", {}).get("seed"), "tokenizer": RANKS_PATH.name,
             "tokenizer_sha256": RANKS_SHA256, "nanokron_commit": git_commit(), "dtype": dtype,

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from checkpoint import atomic_write
 from data import DataError, read_header, shard_is_valid, write_shard
 from tokenizer import EOT, RANKS_SHA256, get_encoding
+from util import UserError, atomic_write
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_PATH = ROOT / "data" / "sample" / "austen.jsonl.gz"
@@ -44,7 +44,7 @@ HUB_DATASET = "HuggingFaceFW/fineweb-edu"
 VAL_EVERY = 20  # every 20th document is a validation candidate (~5 %)
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError):
     pass
 
 

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from util import UserError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(UserError):
     """The requested device does not exist here; the message says what to pass instead."""
 
 

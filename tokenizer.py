@@ -11,6 +11,8 @@ from pathlib import Path
 
 import tiktoken
 
+from util import UserError
+
 RANKS_PATH = Path(__file__).resolve().parent / "data" / "gpt2.tiktoken"
 RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 N_VOCAB = 50257  # real GPT-2 vocabulary; model vocab_size is padded to 50304
@@ -19,7 +21,7 @@ EOT = 50256  # <|endoftext|>
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 
-class TokenizerFileError(RuntimeError):
+class TokenizerFileError(UserError):
     pass
 
 

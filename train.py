@@ -8,27 +8,31 @@ Outputs in out_dir: config.json, metrics.jsonl (one JSON object per event), ckpt
 wandb/ when wandb_mode is not 'disabled'. config.py lists the keys; `python train.py --help` prints them.
 """
 import dataclasses
+import hashlib
 import inspect
 import json
 import math
+import platform
 import secrets
 import signal
+import statistics
 import sys
 import time
+from collections import deque
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from checkpoint import (CheckpointError, Health, atomic_write, capture_rng, check_resume, git_commit,
-                        latest_checkpoint, list_checkpoints, move_aside, open_run_dir, restore_rng, rotate,
-                        save_checkpoint)
-from config import TrainConfig, UserError, load_config
-from data import DataError, ShardLoader, data_identity, val_batches
+from checkpoint import (capture_rng, check_resume, latest_checkpoint, list_checkpoints, move_aside, open_run_dir,
+                        restore_rng, rotate, save_checkpoint)
+from config import TrainConfig, load_config
+from data import ShardLoader, data_identity, val_batches
 from model import GPT
-from runtime import DeviceError, Runtime, param_spread, peak_flops_entry, setup_runtime
-from tokenizer import RANKS_SHA256, TokenizerFileError
+from runtime import Runtime, param_spread, peak_flops_entry, setup_runtime
+from tokenizer import RANKS_SHA256
+from util import UserError, atomic_write, git_commit
 
 
 # -- the pieces of a step (bench/train_step.py and scripts/gpu_check.py use them too) ------------------------------
@@ -198,13 +202,64 @@ class StopFlag:
         return self.flag.fill_(1.0 if self.signum else 0.0)
 
 
+# -- is training still sane? ------------------------------------------------------------------------------
+
+class Health:
+    """Is training still sane? A step is healthy when its loss and grad norm are finite, its loss is at most
+    LOSS_MARGIN nats above where the run started (worse than the untrained model means divergence), and its grad
+    norm is at most SPIKE x the median of the last healthy steps. Checkpoints are written only after healthy steps
+    (a transient spike defers them). The loss of step t measures the weights after step t-1, so a checkpoint counts
+    as *good* only once the step after it was healthy. MAX_BAD unhealthy steps in a row stop the run."""
+    LOSS_MARGIN, SPIKE, MAX_BAD, WINDOW, MIN_HISTORY = 1.0, 20.0, 20, 50, 10
+
+    def __init__(self, state=None, resumed_from=None):
+        s = state or {}
+        self.start_loss, self.bad_run = s.get("start_loss"), s.get("bad_run", 0)
+        self.norms = deque(s.get("norms", []), maxlen=self.WINDOW)
+        self.last_good = s.get("last_good")
+        self.pending = resumed_from  # a checkpoint's name, saved but not yet followed by a healthy step
+
+    def state(self):
+        return {"start_loss": self.start_loss, "bad_run": self.bad_run, "norms": list(self.norms),
+                "last_good": self.last_good}
+
+    def check(self, loss, norm, finite, vocab_size) -> str | None:
+        """None if the step is healthy, else what is wrong with it."""
+        if self.start_loss is None and finite:
+            self.start_loss = max(loss, math.log(vocab_size))
+        median = statistics.median(self.norms) if len(self.norms) >= self.MIN_HISTORY else None
+        if not finite:
+            why = "non-finite loss or gradient norm"
+        elif loss > self.start_loss + self.LOSS_MARGIN:
+            why = f"loss {loss:.4g} above the starting {self.start_loss:.3f} + {self.LOSS_MARGIN}"
+        elif median is not None and norm > self.SPIKE * median:
+            why = f"grad norm {norm:.4g} > {self.SPIKE:g} x the recent median {median:.3g}"
+        else:
+            self.norms.append(norm)
+            self.bad_run = 0
+            if self.pending:
+                self.last_good, self.pending = self.pending, None
+            return None
+        self.bad_run += 1
+        return why
+
+    def saved(self, name):
+        self.pending = name
+
+
 # -- the run -------------------------------------------------------------------------------------------------------
 
-def eval_and_norms(step, final, cfg, rt, model, raw, val_loader, val_steps, metrics):
+def eval_and_norms(step, final, cfg, rt, model, raw, vals, metrics):
+    """vals: {'val_loss': (loader, steps)}, plus 'final_val_loss' when the last eval uses a larger val set."""
     if step % cfg.eval_interval == 0 or final:
-        val = evaluate(model, val_loader, val_steps, rt)
+        val = evaluate(model, *vals["val_loss"], rt)
         metrics.log(step, val_loss=val, tokens=step * cfg.total_batch_size)
         metrics.say(f"step {step}: val loss {val:.4f}")
+    if final and "final_val_loss" in vals:
+        loader, steps = vals["final_val_loss"]
+        val, n_tok = evaluate(model, loader, steps, rt), steps * cfg.batch_size * cfg.model.block_size * rt.world
+        metrics.log(step, final_val_loss=val, final_val_tokens=n_tok)
+        metrics.say(f"step {step}: final val loss {val:.4f} on {n_tok:,} tokens")
     if step % cfg.norm_interval == 0 or final:
         metrics.log(step, **raw.embedding_norms())
 
@@ -240,6 +295,14 @@ def diverged(out_dir, step, why, health, master):
     return UserError(f"training diverged at step {step} ({why}); stopped. {where}, or pass --nonfinite=skip")
 
 
+def provenance(rt: Runtime, data_id) -> dict:
+    """What made this run, as data: code, library, threads, device, ranks and the data's identity."""
+    device = torch.cuda.get_device_name(rt.device) if rt.device_type == "cuda" else f"cpu ({platform.machine()})"
+    return {"commit": git_commit(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device": device, "world_size": rt.world, "python": platform.python_version(),
+            "data_sha256": hashlib.sha256(json.dumps(data_id).encode()).hexdigest()}
+
+
 def train(cfg: TrainConfig):
     # setup: everything that can be wrong with the command or the data fails before out_dir is touched
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.compile)
@@ -247,126 +310,123 @@ def train(cfg: TrainConfig):
     T, V = cfg.model.block_size, cfg.model.vocab_size
     loader = ShardLoader(cfg.data_dir, "train", cfg.batch_size, T, rt.rank, rt.world, shuffle=cfg.shuffle,
                          seed=cfg.seed, vocab_size=V, accum=accum)
-    val_loader, val_steps = val_batches(cfg.data_dir, cfg.batch_size, T, rt.rank, rt.world, cfg.val_tokens, V)
+    vals = {"val_loss": val_batches(cfg.data_dir, cfg.batch_size, T, rt.rank, rt.world, cfg.val_tokens, V)}
+    if cfg.final_val_tokens:
+        vals["final_val_loss"] = val_batches(cfg.data_dir, cfg.batch_size, T, rt.rank, rt.world,
+                                             cfg.final_val_tokens, V)
     data_id = data_identity(cfg.data_dir)
     out_dir = Path(cfg.out_dir)
-    lock = open_run_dir(out_dir) if rt.master else None
     stop = StopFlag(rt.device)
-    try:
-        _train(cfg, rt, accum, loader, val_loader, val_steps, data_id, out_dir, stop)
-    finally:
-        if lock:
-            lock.release()
-
-
-def _train(cfg, rt, accum, loader, val_loader, val_steps, data_id, out_dir, stop):
-    # resume or start: the checkpoint must describe this very run, and config.json is written only after that
-    ckpt_path, ckpt = latest_checkpoint(out_dir, move_unreadable=rt.master) if out_dir.is_dir() else (None, None)
-    if ckpt is not None:
-        check_resume(ckpt, ckpt_path, cfg, data_id, rt.world)
-    raw, model = build_model(cfg, rt)
-    optimizer = raw.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                         rt.device_type)
-    step, skipped, health = 0, 0, Health()
-    if ckpt is not None:
-        raw.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        loader.load_state_dict(ckpt["loader"][rt.rank])
-        restore_rng(ckpt["rng"][rt.rank], rt.device)
-        step, skipped = ckpt["step"], ckpt.get("skipped_steps", 0)
-        health = Health(ckpt.get("health"), resumed_from=ckpt_path.name)
-    else:
-        torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank; init was identical
-    del ckpt
-    if rt.master:
-        atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(cfg.to_dict(), indent=1).encode()))
-    metrics = Metrics(out_dir, cfg, rt.master, step if ckpt_path else None)
-    if ckpt_path:
-        metrics.say(f"resumed from {ckpt_path} at step {step}")
-    n_params, n_input = raw.num_params(), raw.input_params()
-    flops_per_token = raw.estimate_flops_per_token(cfg.batch_size * cfg.model.block_size)
-    peak_key, peak = peak_flops_entry(rt.device)
-    metrics.say(f"{cfg.model.input_embedding}: {n_params:,} params ({n_input:,} input-side) | {rt.world} rank(s) on "
-                f"{rt.device} | {str(rt.ptdtype).replace('torch.', '')} | compile {rt.compile} | grad accum {accum} "
-                f"| {cfg.total_batch_size:,} tokens/step")
-    if rt.device_type == "cuda":
-        metrics.say(f"MFU against {peak / 1e12:.0f} TFLOP/s bf16 (table entry '{peak_key}')" if peak else
-                    f"no peak FLOP/s known for {torch.cuda.get_device_name(rt.device)}: MFU not reported")
-    if step >= cfg.max_steps:
-        metrics.say(f"{out_dir} already finished at step {step} (max_steps={cfg.max_steps}); raise --max_steps "
-                    f"to extend")
-        metrics.close()
-        return
-    if step == 0:
-        metrics.log(0, params=n_params, input_params=n_input, tokens=0)
-    if metrics.bar:
-        metrics.bar.update(step)
-
-    def fetch():  # one optimizer step's micro-batches, copied to the device without blocking
-        return [tuple(to_device(t, rt) for t in loader.next_batch()) for _ in range(accum)]
-
-    model.train()
-    if step == 0:
-        eval_and_norms(0, False, cfg, rt, model, raw, val_loader, val_steps, metrics)
-    batches, interrupted, due_ckpt, t_last = fetch(), False, False, time.time()
-    while step < cfg.max_steps and not interrupted:
-        lr = get_lr(step, cfg)
-        loss = forward_backward(model, batches, rt)
-        # Prefetch the next step's data while the device is still busy with this one; the checkpoint keeps the
-        # position *before* the prefetch, so a resume re-reads exactly these windows.
-        loader_state = loader.state_dict()
-        batches = fetch() if step + 1 < cfg.max_steps else None
-        votes = None
-        if rt.ddp:  # mean loss and "was any rank signalled" in one all-reduce, read with the grad norm
-            summed = torch.stack([loss, stop.vote()])
-            dist.all_reduce(summed, op=dist.ReduceOp.SUM)
-            loss, votes = summed[0] / rt.world, summed[1]
-        loss_f, grad_norm, finite, votes_f = optimizer_step(raw, optimizer, lr, cfg.grad_clip, loss, votes)
-        interrupted = votes_f > 0 if votes is not None else stop.signum is not None
-        step += 1
-        dt = time.time() - t_last
-        tok_s = cfg.total_batch_size / dt
-        mfu = flops_per_token * tok_s / (peak * rt.world) if peak else None
-
-        # still sane? A spike only defers the checkpoint; divergence stops the run.
-        why = health.check(loss_f, grad_norm, finite, cfg.model.vocab_size)
-        if not finite and cfg.nonfinite == "skip":
-            skipped += 1
-            metrics.log(step, skipped_steps=skipped)
-            metrics.say(f"step {step}: non-finite loss/grad norm, step skipped ({skipped} so far)")
-        elif not finite or health.bad_run >= Health.MAX_BAD:
+    with open_run_dir(out_dir) if rt.master else nullcontext():  # one writer per run folder
+        # resume or start: the checkpoint must describe this very run, and config.json is written only after that
+        ckpt_path, ckpt = latest_checkpoint(out_dir, move_unreadable=rt.master) if out_dir.is_dir() else (None, None)
+        if ckpt is not None:
+            check_resume(ckpt, ckpt_path, cfg, data_id, rt.world)
+        raw, model = build_model(cfg, rt)
+        optimizer = raw.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                             rt.device_type)
+        step, skipped, health = 0, 0, Health()
+        if ckpt is not None:
+            raw.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            loader.load_state_dict(ckpt["loader"][rt.rank])
+            restore_rng(ckpt["rng"][rt.rank], rt.device)
+            step, skipped = ckpt["step"], ckpt.get("skipped_steps", 0)
+            health = Health(ckpt.get("health"), resumed_from=ckpt_path.name)
+        else:
+            torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank; init was identical
+        del ckpt
+        if rt.master:
+            record = {**cfg.to_dict(), "provenance": provenance(rt, data_id)}
+            atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
+        metrics = Metrics(out_dir, cfg, rt.master, step if ckpt_path else None)
+        if ckpt_path:
+            metrics.say(f"resumed from {ckpt_path} at step {step}")
+        n_params, n_input = raw.num_params(), raw.input_params()
+        flops_per_token = raw.estimate_flops_per_token(cfg.batch_size * cfg.model.block_size)
+        peak_key, peak = peak_flops_entry(rt.device)
+        metrics.say(f"{cfg.model.input_embedding}: {n_params:,} params ({n_input:,} input-side) | {rt.world} rank(s) on "
+                    f"{rt.device} | {str(rt.ptdtype).replace('torch.', '')} | compile {rt.compile} | grad accum {accum} "
+                    f"| {cfg.total_batch_size:,} tokens/step")
+        if rt.device_type == "cuda":
+            metrics.say(f"MFU against {peak / 1e12:.0f} TFLOP/s bf16 (table entry '{peak_key}')" if peak else
+                        f"no peak FLOP/s known for {torch.cuda.get_device_name(rt.device)}: MFU not reported")
+        if step >= cfg.max_steps:
+            metrics.say(f"{out_dir} already finished at step {step} (max_steps={cfg.max_steps}); raise --max_steps "
+                        f"to extend")
             metrics.close()
-            raise diverged(out_dir, step, why, health, rt.master)
-        elif why:
-            metrics.say(f"warning: step {step}: {why}; checkpoints wait for a healthy step")
-        if finite:
-            metrics.log(step, train_loss=loss_f, lr=lr, grad_norm=grad_norm, tokens=step * cfg.total_batch_size,
-                        tok_per_s=tok_s, mfu=mfu, ms_per_step=dt * 1000)
-        if step % cfg.log_interval == 0 or step == 1 or step == cfg.max_steps:
-            mfu_s = f" | mfu {100 * mfu:.1f}%" if mfu is not None else ""
-            metrics.say(f"step {step}/{cfg.max_steps} | loss {loss_f:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} "
-                        f"| {tok_s:,.0f} tok/s{mfu_s} | {dt * 1000:.0f} ms")
+            return
+        if step == 0:
+            metrics.log(0, params=n_params, input_params=n_input, tokens=0)
         if metrics.bar:
-            metrics.bar.update(1)
-        eval_and_norms(step, step == cfg.max_steps, cfg, rt, model, raw, val_loader, val_steps, metrics)
-        due_ckpt |= step % cfg.ckpt_interval == 0
-        if (due_ckpt and why is None) or step == cfg.max_steps or interrupted:
-            save(out_dir, step, raw, optimizer, cfg, rt, loader_state,
-                 {"skipped_steps": skipped, "data_identity": data_id, "health": health.state()})
-            health.saved(f"ckpt_{step:07d}.pt")
-            due_ckpt = False
-        if interrupted:
-            metrics.say(f"signal {stop.signum}: checkpoint written at step {step}; rerun the same command to resume")
-        t_last = time.time()  # eval / checkpoint time is not step time
+            metrics.bar.update(step)
 
-    if rt.ddp:  # cheap guard: every rank must hold the same weights
-        spread = param_spread(raw)
-        metrics.log(step, ddp_param_spread=spread)
-        if spread != 0:
-            metrics.say(f"warning: ranks hold different parameters (spread {spread:.3g})")
-    metrics.close()
-    if not interrupted:
-        metrics.say(f"done: {step} steps, checkpoint in {out_dir}")
+        def fetch():  # one optimizer step's micro-batches, copied to the device without blocking
+            return [tuple(to_device(t, rt) for t in loader.next_batch()) for _ in range(accum)]
+
+        model.train()
+        if step == 0:
+            eval_and_norms(0, False, cfg, rt, model, raw, vals, metrics)
+        batches, interrupted, due_ckpt, t_last = fetch(), False, False, time.time()
+        while step < cfg.max_steps and not interrupted:
+            lr = get_lr(step, cfg)
+            loss = forward_backward(model, batches, rt)
+            # Prefetch the next step's data while the device is still busy with this one; the checkpoint keeps the
+            # position *before* the prefetch, so a resume re-reads exactly these windows.
+            loader_state = loader.state_dict()
+            batches = fetch() if step + 1 < cfg.max_steps else None
+            votes = None
+            if rt.ddp:  # mean loss and "was any rank signalled" in one all-reduce, read with the grad norm
+                summed = torch.stack([loss, stop.vote()])
+                dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+                loss, votes = summed[0] / rt.world, summed[1]
+            loss_f, grad_norm, finite, votes_f = optimizer_step(raw, optimizer, lr, cfg.grad_clip, loss, votes)
+            interrupted = votes_f > 0 if votes is not None else stop.signum is not None
+            step += 1
+            dt = time.time() - t_last
+            tok_s = cfg.total_batch_size / dt
+            mfu = flops_per_token * tok_s / (peak * rt.world) if peak else None
+
+            # still sane? A spike only defers the checkpoint; divergence stops the run.
+            why = health.check(loss_f, grad_norm, finite, cfg.model.vocab_size)
+            if not finite and cfg.nonfinite == "skip":
+                skipped += 1
+                metrics.log(step, skipped_steps=skipped)
+                metrics.say(f"step {step}: non-finite loss/grad norm, step skipped ({skipped} so far)")
+            elif not finite or health.bad_run >= Health.MAX_BAD:
+                metrics.close()
+                raise diverged(out_dir, step, why, health, rt.master)
+            elif why:
+                metrics.say(f"warning: step {step}: {why}; checkpoints wait for a healthy step")
+            if finite:
+                metrics.log(step, train_loss=loss_f, lr=lr, grad_norm=grad_norm, tokens=step * cfg.total_batch_size,
+                            tok_per_s=tok_s, mfu=mfu, ms_per_step=dt * 1000)
+            if step % cfg.log_interval == 0 or step == 1 or step == cfg.max_steps:
+                mfu_s = f" | mfu {100 * mfu:.1f}%" if mfu is not None else ""
+                metrics.say(f"step {step}/{cfg.max_steps} | loss {loss_f:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} "
+                            f"| {tok_s:,.0f} tok/s{mfu_s} | {dt * 1000:.0f} ms")
+            if metrics.bar:
+                metrics.bar.update(1)
+            eval_and_norms(step, step == cfg.max_steps, cfg, rt, model, raw, vals, metrics)
+            due_ckpt |= step % cfg.ckpt_interval == 0
+            if (due_ckpt and why is None) or step == cfg.max_steps or interrupted:
+                save(out_dir, step, raw, optimizer, cfg, rt, loader_state,
+                     {"skipped_steps": skipped, "data_identity": data_id, "health": health.state()})
+                health.saved(f"ckpt_{step:07d}.pt")
+                due_ckpt = False
+            if interrupted:
+                metrics.say(f"signal {stop.signum}: checkpoint written at step {step}; rerun the same command to resume")
+            t_last = time.time()  # eval / checkpoint time is not step time
+
+        if rt.ddp:  # cheap guard: every rank must hold the same weights
+            spread = param_spread(raw)
+            metrics.log(step, ddp_param_spread=spread)
+            if spread != 0:
+                metrics.say(f"warning: ranks hold different parameters (spread {spread:.3g})")
+        metrics.close()
+        if not interrupted:
+            metrics.say(f"done: {step} steps, checkpoint in {out_dir}")
+
 
 
 def main(argv=None):
@@ -381,7 +441,7 @@ def main(argv=None):
         return
     try:
         train(load_config(argv))
-    except (UserError, CheckpointError, DataError, DeviceError, TokenizerFileError) as e:
+    except UserError as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -1,13 +1,17 @@
 """Input-embedding benchmark: forward+backward time and memory of nn.Embedding vs the Kronecker codec modes.
 
-    python bench/embedding.py [--quick] [--reps 7] [--json PATH] [--device cpu]
+    python -m bench.embedding [--quick] [--reps 7] [--json PATH] [--device cpu]
 
 Methods, timed interleaved in one process (so machine drift hits all alike), median after warm-up:
-  nn.Embedding                          the BPE table
-  kronecker-sparse / -dynamic / -cached nanokron's KroneckerEmbedding modes (model.py)
-  reference-dynamic / -cached           the reference package kronecker-embeddings==0.1.1, when installed
-Settings: V=50257, P=16, d=768, ids 8x1024 (GPT-2 vocabulary) and V=131072, P=32, d=1024, ids 4x1024 (the paper's
-frontier-size example: GPT-2's tokens plus seeded synthetic byte strings with GPT-2's length distribution).
+  nn.Embedding                   the BPE table
+  codec-table                    nanokron's KroneckerEmbedding as training uses it: the whole V x d table through the
+                                 fixed sparse operator (kronecker.CodecTable), then a lookup
+  codec-dynamic / -cached        the paper's runtime variants (kronecker.DenseCodec): dense codec vectors per id
+  reference-dynamic / -cached    the reference package kronecker-embeddings==0.1.1, when installed
+Settings: the GPT-2 124M micro-step (V=50304, P=16, d=768, ids 64x1024: nn.Embedding vs codec-table only -- the dense
+variants would form a 65,536 x 4,096 codec matrix), V=50257, P=16, d=768, ids 8x1024 (every method) and V=131072,
+P=32, d=1024, ids 4x1024 (the paper's frontier-size example: GPT-2's tokens plus seeded synthetic byte strings with
+GPT-2's length distribution).
 Memory: parameters, buffers (byte table, cached codec table) and the tensors saved for backward.
 """
 import argparse
@@ -21,18 +25,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import KroneckerEmbedding  # noqa: E402
-from tokenizer import token_bytes  # noqa: E402
+from kronecker import DenseCodec, KroneckerEmbedding
+from tokenizer import token_bytes
 
-SETTINGS = [dict(V=50257, P=16, d=768, B=8, T=1024), dict(V=131072, P=32, d=1024, B=4, T=1024)]
+SETTINGS = [dict(V=50304, P=16, d=768, B=64, T=1024, dense=False), dict(V=50257, P=16, d=768, B=8, T=1024),
+            dict(V=131072, P=32, d=1024, B=4, T=1024)]
 
 
 def vocab_bytes(V, seed=0):
     """GPT-2's raw token bytes, extended to V ids with seeded synthetic tokens of GPT-2-like lengths."""
-    real = list(token_bytes(50257))[:V]
-    if V <= len(real):
-        return real
+    if V <= 50304:
+        return list(token_bytes(50304))[:V]  # ids >= 50257: GPT-2's padding ids (no bytes)
+    real = list(token_bytes(50257))
     g = torch.Generator().manual_seed(seed)
     lengths = torch.tensor([len(b) for b in real])
     picks = lengths[torch.randint(len(real), (V - len(real),), generator=g)]
@@ -45,10 +49,10 @@ def build(method, V, P, d, tb, device):
     if method == "nn.Embedding":
         return nn.Embedding(V, d).to(device)
     family, _, mode = method.partition("-")
-    if family != "reference":  # nanokron's own modes
-        return KroneckerEmbedding(V, d, P, mode, tb).to(device)
-    import kronecker_embeddings as ref
-    ours = KroneckerEmbedding(V, d, P, "sparse", tb)  # same raw bytes for both: same work
+    ours = KroneckerEmbedding(V, d, P, tb)
+    if family == "codec":
+        return (ours if mode == "table" else DenseCodec(ours, mode)).to(device)
+    import kronecker_embeddings as ref  # same raw bytes for both: same work
     return ref.KroneckerEmbedding(V, d, pos_dim=P, mode=mode, byte_buffer=ours.byte_table,
                                   length_buffer=ours.lengths).to(device)
 
@@ -142,7 +146,7 @@ def main(argv=None):
     ap.add_argument("--no_reference", action="store_true", help="skip the reference package even if installed")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    methods = ["nn.Embedding", "kronecker-sparse", "kronecker-dynamic", "kronecker-cached"]
+    methods = ["nn.Embedding", "codec-table", "codec-dynamic", "codec-cached"]
     try:
         import kronecker_embeddings  # noqa: F401
         if not args.no_reference:
@@ -152,7 +156,8 @@ def main(argv=None):
               "kronecker-embeddings==0.1.1)")
     rows = []
     for i, s in enumerate(SETTINGS[:1] if args.quick else SETTINGS):
-        rows += run_setting(s, methods, args.reps if i == 0 else max(3, args.reps // 2), device)
+        use = methods if s.get("dense", True) else methods[:2]
+        rows += run_setting(s, use, args.reps if i < 2 else max(3, args.reps // 2), device)
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, device {device}")
     print(markdown(rows))

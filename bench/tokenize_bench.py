@@ -1,6 +1,6 @@
 """Tokenization throughput: prepare_fineweb.py on the bundled sample (1 worker, all workers) vs a plain loop.
 
-    python bench/tokenize_bench.py [--reps 3] [--json PATH]
+    python -m bench.tokenize_bench [--reps 3] [--json PATH]
 
 The plain loop is the floor: one process, `encode_ordinary` per chapter, no shards written. prepare_fineweb.py adds
 the datasets streaming reader, shard writing and (with workers > 1) process-pool overhead, and gains the cores.
@@ -15,9 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import prepare_fineweb  # noqa: E402
-from tokenizer import get_encoding  # noqa: E402
+import prepare_fineweb
+from tokenizer import get_encoding
 
 
 def sample_texts():

@@ -3,14 +3,11 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint  # noqa: E402
+from checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from util import ROOT, UserError
 
 
-class ProbeError(RuntimeError):
+class ProbeError(UserError):
     pass
 
 

@@ -1,6 +1,6 @@
 """Generation probe: continuations of prompts that hold a normal, a misspelled or a novel word, per arm.
 
-    python probes/generation.py --checkpoints CKPT [CKPT ...] --out results/.../generation.json
+    python -m probes.generation --checkpoints CKPT [CKPT ...] --out results/.../generation.json
 
 Conditions per item and checkpoint, each decoded greedily and sampled (T 0.7, top-p 0.9, 30 new tokens, seed):
   normal       the word spelled correctly, BPE-tokenized
@@ -12,7 +12,7 @@ Metric: echo rate -- the share of continuations that reproduce the item's word s
 prompt). All completions are saved for reading.
 """
 
-from _common import probe_parser, load_models, run_main, write_outputs
+from probes._common import probe_parser, load_models, run_main, write_outputs
 
 import torch
 
@@ -40,14 +40,14 @@ def continue_text(model, ids, oov, max_new_tokens, generator, temperature=0.0, t
     """Generate from `ids`; positions in `oov` ({pos: bytes}) are fed as one codec vector of those bytes."""
     wte = model.transformer.wte
     fixed = {p: wte.embed_bytes(b) for p, b in oov.items()}
-    table = model.shared_table()  # frozen weights: a tied codec arm's table is built once, not per token
+    table = model.input_table()  # frozen weights: the table is built once, not per token
     x = torch.tensor([ids])
     for _ in range(max_new_tokens):
         ctx = x[:, -model.config.block_size:]
         shift = x.size(1) - ctx.size(1)
         tok_emb = None
         if fixed:
-            tok_emb = table[ctx] if table is not None else wte(ctx)
+            tok_emb = table[ctx]
             for p, e in fixed.items():
                 if 0 <= p - shift < ctx.size(1):
                     tok_emb[0, p - shift] = e
@@ -57,11 +57,11 @@ def continue_text(model, ids, oov, max_new_tokens, generator, temperature=0.0, t
     return x[0, len(ids):].tolist()
 
 
-def build_prompt(enc, item, condition, is_kron):
+def build_prompt(enc, item, condition, reads_bytes):
     """(token ids, {position: raw bytes}, the word string an echo must reproduce)."""
     word = item["word"] if condition == "normal" else item["typo"]
     parts = item["prompt"].split("{w}")
-    if condition == "forced_oov" and is_kron:
+    if condition == "forced_oov" and reads_bytes:
         ids, oov = [], {}
         for i, part in enumerate(parts):
             ids += enc.encode_ordinary(part)
@@ -76,13 +76,13 @@ def run(checkpoints, max_new_tokens=30, seed=1337, device="cpu"):
     enc = get_encoding()
     out = {"max_new_tokens": max_new_tokens, "seed": seed, "models": {}}
     for label, model, ckpt, path in load_models(checkpoints, device):
-        is_kron = model.config.arm.codec
+        reads_bytes = model.transformer.wte.reads_bytes
         completions, echo = [], {}
         for cond in ("normal", "misspelled", "forced_oov"):
             for dec, kw in DECODING.items():
                 hits = []
                 for k, item in enumerate(ITEMS):
-                    ids, oov, word = build_prompt(enc, item, cond, is_kron)
+                    ids, oov, word = build_prompt(enc, item, cond, reads_bytes)
                     g = torch.Generator().manual_seed(seed + k)
                     new = continue_text(model, ids, oov, max_new_tokens, g, **kw)
                     text = enc.decode(new)

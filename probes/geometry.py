@@ -1,6 +1,6 @@
 """Embedding geometry: what are a word's nearest neighbours in each model's input-embedding space?
 
-    python probes/geometry.py --checkpoints CKPT [CKPT ...] --out results/.../geometry.json [--k 10] [--no_codec]
+    python -m probes.geometry --checkpoints CKPT [CKPT ...] --out results/.../geometry.json [--k 10] [--no_codec]
 
 For probe words in families (run, compute, nation, code, act, build), take each single-token form of the word
 (" run", "run", " Run", ...), find its top-k neighbours among the real GPT-2 vocabulary by centered cosine
@@ -13,12 +13,12 @@ untrained codec itself (the z-normalised byte vectors x(t), before any learned p
 """
 import re
 
-from _common import probe_parser, load_models, run_main, write_outputs
+from probes._common import probe_parser, load_models, run_main, write_outputs
 
 import torch
 import torch.nn.functional as F
 
-from model import byte_rows, codec_dense
+from kronecker import byte_rows, codec_dense
 from tokenizer import N_VOCAB, get_encoding, token_bytes
 
 FAMILIES = {
@@ -59,7 +59,7 @@ def classify(query_form, family, neighbour):
 
 
 def neighbours(table, qids, k):
-    """Top-k ids by centered cosine (self excluded) for each query id; `table` is (V, dim) or a row generator."""
+    """Top-k ids by centered cosine (self excluded) for each query id; `table` is (V, dim)."""
     centred = F.normalize(table - table.mean(dim=0, keepdim=True), dim=1)
     sims = centred[qids] @ centred.T
     sims[torch.arange(len(qids)), qids] = -2.0

@@ -1,6 +1,6 @@
 """Parameter and memory accounting: dense input table (V x d) vs Kronecker projection (256 P x d).
 
-    python probes/param_accounting.py [--out results/param_accounting.json]
+    python -m probes.param_accounting [--out results/param_accounting.json]
 
 Table 1, input-side trainable parameters for GPT-2 124M (counted on the real models built by model.py) and for
 public frontier configurations (vocabulary size and width as published). The share removed is 1 - 256 P / V,
@@ -11,11 +11,13 @@ KroneckerEmbedding built at that V) vs the V x D codec table the cached variant 
 """
 import argparse
 
-from _common import write_outputs
+from probes._common import write_outputs
 
 import torch
 
-from model import GPT, GPTConfig, KroneckerEmbedding
+from embeddings import TableEmbedding
+from kronecker import KroneckerEmbedding
+from tokenizer import token_bytes
 
 # (name, vocab size, hidden width) as published in each model's config
 CONFIGS = [
@@ -33,10 +35,9 @@ CONFIGS = [
 
 
 def gpt2_row():
-    """GPT-2 124M, counted on the models themselves (vocab padded to 50,304)."""
-    dense = GPT(GPTConfig(input_embedding="bpe_tied", n_layer=1)).input_params()
-    kron16 = GPT(GPTConfig(input_embedding="kronecker", n_layer=1, kron_pos_dim=16)).input_params()
-    kron32 = GPT(GPTConfig(input_embedding="kronecker", n_layer=1, kron_pos_dim=32)).input_params()
+    """GPT-2 124M, counted on the embedding modules themselves (vocab padded to 50,304)."""
+    dense = TableEmbedding(50304, 768).learned_params()
+    kron16, kron32 = (KroneckerEmbedding(50304, 768, P, token_bytes(50304)).learned_params() for P in (16, 32))
     return {"model": "GPT-2 124M", "V": 50304, "d": 768, "dense": dense, "kron_p16": kron16, "kron_p32": kron32}
 
 
@@ -46,10 +47,10 @@ def row(name, V, d):
 
 def runtime_row(V, P):
     """Bytes the on-the-fly codec keeps (measured) vs the cached V x D table (fp32 and 2-byte)."""
-    emb = KroneckerEmbedding(V, 1, P, "sparse", [b"x" * P] * V)  # d=1: only the buffers matter here
+    emb = KroneckerEmbedding(V, 1, P, [b"x" * P] * V)  # d=1: only the buffers matter; every token L = P (most)
     byte_buffer = emb.byte_table.nbytes + emb.lengths.nbytes
-    weights = emb.bag_weight.nbytes + emb.mean_weight.nbytes
-    return {"V": V, "P": P, "D": emb.D, "byte_buffer_bytes": byte_buffer, "sparse_weights_bytes": weights,
+    operator = sum(b.nbytes for name, b in emb.named_buffers() if name not in ("byte_table", "lengths"))
+    return {"V": V, "P": P, "D": emb.D, "byte_buffer_bytes": byte_buffer, "operator_bytes": operator,
             "table_fp32_bytes": V * emb.D * 4, "table_2byte_bytes": V * emb.D * 2}
 
 
@@ -78,15 +79,16 @@ def markdown(res):
           f"{span['p16'][0]:.1f}–{span['p16'][1]:.1f} %. The paper's \"91–94 %\" spans GPT-2 at P=16 to "
           f"V ≈ 128k–131k at P=32.", "",
           "# Runtime variants: what each keeps in memory", "",
-          "| V | P | D | byte buffer (bytes + lengths) | sparse-mode weights (2 × fp64) | V×D table fp32 | "
+          "| V | P | D | byte buffer (bytes + lengths) | sparse operator's index buffers | V×D table fp32 | "
           "V×D table 2-byte |", "|---|---|---|---|---|---|---|"]
     for r in res["runtime_memory"]:
         L.append(f"| {r['V']:,} | {r['P']} | {r['D']:,} | {r['byte_buffer_bytes'] / 1e6:.2f} MB | "
-                 f"{r['sparse_weights_bytes'] / 1e6:.2f} MB | {r['table_fp32_bytes'] / 1e9:.2f} GB | "
+                 f"{r['operator_bytes'] / 1e6:.2f} MB | {r['table_fp32_bytes'] / 1e9:.2f} GB | "
                  f"{r['table_2byte_bytes'] / 1e9:.2f} GB |")
     L += ["", "Paper: \"4.5 MB byte buffer instead of a 2.15 GB table at V=131,072\" — the 2-byte table column at "
-          "P=32; our byte buffer is V×P uint8 plus uint8 lengths (the sparse mode adds two float64 weights per "
-          "token)."]
+          "P=32; our byte buffer is V×P uint8 plus uint8 lengths. The sparse operator that builds the table "
+          "(kronecker.py) adds index buffers recomputed from the bytes, never saved: two int64 indices and two "
+          "float64 weights per (token, byte) slot, here at the worst case L = P for every token."]
     return "\n".join(L) + "\n"
 
 

@@ -1,6 +1,6 @@
 """Spelling robustness: how much does a 1-2 character typo move each model's next-token prediction?
 
-    python probes/robustness.py --checkpoints runs/cpu_tiny/bpe_tied_s1337 runs/cpu_tiny/kronecker_s1337 \
+    python -m probes.robustness --checkpoints runs/cpu_tiny/bpe_tied_s1337 runs/cpu_tiny/kronecker_s1337 \
         --out results/cpu_tiny/probes/robustness.json [--pairs FILE.jsonl]
 
 For every (clean, typo) prompt pair and checkpoint, at the last position:
@@ -20,7 +20,7 @@ import math
 import warnings
 from pathlib import Path
 
-from _common import probe_parser, ProbeError, load_models, repo_relative, run_main, write_outputs
+from probes._common import probe_parser, ProbeError, load_models, repo_relative, run_main, write_outputs
 
 import torch
 import torch.nn.functional as F

@@ -1,11 +1,13 @@
-"""Do the three Kronecker modes agree on this device? fp32 and bf16 autocast, against a float64 CPU reference.
+"""Do the codec's three forms agree on this device? fp32 and bf16 autocast, against a float64 CPU reference.
 
-    python scripts/check_modes.py [--device cuda] [--json PATH]
+    python -m scripts.check_modes [--device cuda] [--json PATH]
 
-Real GPT-2 vocabulary, P=16, d=768, a batch of 4x1024 ids covering L=0 (padding), L=16 and truncated tokens.
-Prints the max relative error of outputs and proj gradients per mode, in fp32 and under bf16 autocast; exits 1 if
-fp32 exceeds 1e-5 or bf16 autocast exceeds 2e-2. The codec path switches autocast off, so under bf16 autocast its
-output stays fp32 and its error at fp32 level, like the BPE arms' table lookup.
+Forms: 'table' (the training path: the V x d table through the sparse operator, then a lookup), 'dynamic' and
+'cached' (the paper's runtime variants, kronecker.DenseCodec). Reference: Eq. 1 written out (dynamic) in float64
+on the CPU. Real GPT-2 vocabulary, P=16, d=768, a batch of 4x1024 ids covering L=0 (padding), L=16 and truncated
+tokens. Prints the max relative error of outputs and proj gradients per form, in fp32 and under bf16 autocast;
+exits 1 if fp32 exceeds 1e-5 or bf16 autocast exceeds 2e-2. The codec switches autocast off, so under bf16
+autocast its output stays fp32 and its error at fp32 level, like the BPE arms' table lookup.
 """
 import argparse
 import json
@@ -14,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import KroneckerEmbedding  # noqa: E402
-from tokenizer import token_bytes  # noqa: E402
+from kronecker import DenseCodec, KroneckerEmbedding
+from tokenizer import token_bytes
 
 TOL = {"float32": 1e-5, "bfloat16": 2e-2}
 
@@ -26,11 +27,12 @@ def run(device, vocab=50304, d=768):
     dev = torch.device(device)
     tb = token_bytes(vocab)
     torch.manual_seed(0)
-    ref = KroneckerEmbedding(vocab, d, 16, "sparse", tb).double()
+    emb = KroneckerEmbedding(vocab, d, 16, tb).double()
+    ref = DenseCodec(emb, "dynamic")
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (4 * 1024,), generator=g)
     ids[:64] = torch.arange(vocab - 64, vocab)  # padding ids (L=0)
-    ids[64:128] = (ref.lengths.long() == 16).nonzero()[:64, 0]  # L = P, some truncated
+    ids[64:128] = (emb.lengths.long() == 16).nonzero()[:64, 0]  # L = P, some truncated
     grad = torch.randn(len(ids), d, generator=g, dtype=torch.float64)
     out_ref = ref(ids)
     out_ref.backward(grad)
@@ -38,7 +40,7 @@ def run(device, vocab=50304, d=768):
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here: TF32 (10-bit mantissa) would err ~5e-4
     try:
-        for mode in ("sparse", "dynamic", "cached"):
+        for mode in ("table", "dynamic", "cached"):
             ok &= _check_mode(mode, dev, tb, ref, ids, grad, out_ref, rows)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -47,8 +49,9 @@ def run(device, vocab=50304, d=768):
 
 def _check_mode(mode, dev, tb, ref, ids, grad, out_ref, rows):
     ok = True
-    m = KroneckerEmbedding(len(tb), ref.n_embd, 16, mode, tb).to(dev)
-    m.proj.data.copy_(ref.proj.data.float())
+    emb = KroneckerEmbedding(len(tb), ref.n_embd, 16, tb)
+    emb.proj.data.copy_(ref.proj.data.float())
+    m = (emb if mode == "table" else DenseCodec(emb, mode)).to(dev)
     for dtype in ("float32", "bfloat16"):
         m.proj.grad = None
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):

@@ -15,20 +15,20 @@ for d in runs/cpu_tiny/*_s*/; do
   mkdir -p "$R/runs/$(basename "$d")"
   cp "$d/metrics.jsonl" "$d/config.json" "$R/runs/$(basename "$d")/"
 done
-"$PY" scripts/make_tables.py "$R/runs" --out "$R"
+"$PY" -m scripts.make_tables "$R/runs" --out "$R"
 
 # 2. probes on the seed-1337 checkpoints of every arm
 CK=$(for d in runs/cpu_tiny/*_s1337; do echo "$d"; done)
-"$PY" probes/robustness.py --checkpoints $CK --out "$R/probes/robustness.json"
-"$PY" probes/generation.py --checkpoints $CK --out "$R/probes/generation.json"
-"$PY" probes/geometry.py --checkpoints $CK --out "$R/probes/geometry.json"
-"$PY" probes/param_accounting.py --out results/param_accounting.json
+"$PY" -m probes.robustness --checkpoints $CK --out "$R/probes/robustness.json"
+"$PY" -m probes.generation --checkpoints $CK --out "$R/probes/generation.json"
+"$PY" -m probes.geometry --checkpoints $CK --out "$R/probes/geometry.json"
+"$PY" -m probes.param_accounting --out results/param_accounting.json
 
 # 3. benchmarks (run on a quiet machine: they time things; 1 thread gives steadier ratios)
 mkdir -p results/bench
 # (the printed tables, with command, commit and machine, are what results/bench/*.md record)
-OMP_NUM_THREADS=1 "$PY" bench/train_step.py configs/cpu_tiny.py --steps 10 --warmup 2 \
+OMP_NUM_THREADS=1 "$PY" -m bench.train_step configs/cpu_tiny.py --steps 10 --warmup 2 \
   --kron_modes sparse,dynamic,cached --json results/bench/train_step_cpu.json
-"$PY" bench/embedding.py --json results/bench/embedding.json
-"$PY" bench/tokenize_bench.py --json results/bench/tokenize.json
-"$PY" bench/tokenize_bench.py --repeat 10 --json results/bench/tokenize_x10.json
+"$PY" -m bench.embedding --json results/bench/embedding.json
+"$PY" -m bench.tokenize_bench --json results/bench/tokenize.json
+"$PY" -m bench.tokenize_bench --repeat 10 --json results/bench/tokenize_x10.json

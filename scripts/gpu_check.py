@@ -1,15 +1,16 @@
 """One-shot GPU check, ordered by value and held to a time budget (run it through scripts/gpu_check.sh).
 
-    python scripts/gpu_check.py --data DIR --out DIR [--budget_s 420] [--smoke]
+    python -m scripts.gpu_check --data DIR --out DIR [--budget_s 420] [--smoke]
 
 Steps, most valuable first; each prints its result as soon as it has it, appends it to OUT/summary.md and rewrites
 OUT/gpu_check.json, so a run cut off at any point still leaves everything it finished. A step whose estimated
 time would overrun --budget_s is skipped, with the reason.
-  a  the three Kronecker modes agree on the device, fp32 and bf16 autocast (scripts/check_modes.py)
-  b  every arm, compiled, bf16: 50 steps of GPT-2 124M on the shards in --data; loss finite and falling, tok/s, MFU
-  c  arm overhead: interleaved steps of the same compiled models from b (no second compile), ratio to bpe_tied
-  d  fused vs plain head, bpe_tied: compiled step time and peak memory; the largest micro-batch that fits (eager)
-  e  the paper's dense Kronecker modes (dynamic, cached), eager, against sparse
+  a  the codec's three forms agree on the device, fp32 and bf16 autocast (scripts/check_modes.py)
+  b  every study arm (model.ARMS without the controls), compiled, bf16: 50 steps of GPT-2 124M on the shards in
+     --data; loss finite and falling, tok/s, MFU
+  c  arm overhead: interleaved steps of the same compiled models from b (no second compile), ratio to the first arm
+  d  fused vs plain head, first arm: compiled step time and peak memory; the largest micro-batch that fits (eager)
+  e  input embeddings alone at the 124M micro-step: nn.Embedding vs the codec's table (bench/embedding.py)
   f  train.py end to end (eager): 20 steps with a checkpoint, then a resume to 30
   g  2-rank NCCL training through torchrun (only with 2+ GPUs)
 --smoke runs the same pipeline at configs/smoke.py size on any device (the CPU rehearsal used by the tests).
@@ -27,18 +28,16 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "scripts"))
-import check_modes  # noqa: E402
-import train  # noqa: E402
-import train_step  # noqa: E402
-from config import load_config  # noqa: E402
-from data import ShardLoader  # noqa: E402
-from model import ARMS  # noqa: E402
-from runtime import peak_flops, setup_runtime  # noqa: E402
+from scripts import check_modes
+import train
+from bench import embedding as embedding_bench, train_step
+from config import load_config
+from data import ShardLoader
+from model import ARMS
+from runtime import peak_flops, setup_runtime
 
 # first guesses of each step's seconds (a compile of a 124M GPT is about a minute); replaced by measurements
+STUDY = [a for a in ARMS if not ARMS[a].control]  # the arms a study runs by default; STUDY[0] is the baseline
 ESTIMATE = {"full": {"a": 40, "compile": 75, "b_steps": 15, "c": 25, "d": 120, "e": 45, "f": 90, "g": 120},
             "smoke": {"a": 15, "compile": 0, "b_steps": 3, "c": 5, "d": 10, "e": 8, "f": 25, "g": 30}}
 
@@ -86,7 +85,7 @@ def step_modes(ck, dev, smoke):
 def step_train_arms(ck, cfg, rt, data, n_steps):
     """b: each arm compiled once, trained n_steps on real shards. Returns the runs (kept for step c)."""
     runs = []
-    for arm in ARMS:
+    for arm in STUDY:
         key = f"b train {arm}"
         if not ck.fits(key, ck.est["compile"] + ck.est["b_steps"]):
             continue
@@ -138,18 +137,18 @@ def step_overhead(ck, runs, cfg, rt, steps):
     batches = train_step.random_batches(cfg, rt, 1)
     train_step.time_interleaved(runs, batches, rt, cfg, steps, 2)
     rows = train_step.summarize(runs, cfg, rt, steps)
-    text = ", ".join(f"{r['arm']} {r['ms_per_step']:.1f} ms ({r['ratio_vs_bpe_tied']:.3f}x)" for r in rows)
+    text = ", ".join(f"{r['arm']} {r['ms_per_step']:.1f} ms ({r['ratio_vs_baseline']:.3f}x)" for r in rows)
     ck.record("c arm overhead", "ok", f"compile {rt.compile}, interleaved, {steps} steps each: {text}", rows, time.time() - t)
 
 
 def step_fused_head(ck, cfg, rt, steps):
-    """d: fused vs plain head, bpe_tied. Compiled (as training runs) at the check's micro-batch: step time and the
+    """d: fused vs plain head, first study arm. Compiled (as training runs) at the check's micro-batch: step time and the
     step's peak memory; eager at micro-batch 32 too; then the largest micro-batch that fits, eager, each way."""
     if not ck.fits("d fused head", ck.est["d"]):
         return
     t = time.time()
     batches = train_step.random_batches(cfg, rt, 1)
-    runs = [train_step.build_variant(cfg, rt, "bpe_tied", fused=f) for f in (True, False)]
+    runs = [train_step.build_variant(cfg, rt, STUDY[0], fused=f) for f in (True, False)]
     train_step.time_interleaved(runs, batches, rt, cfg, steps, 2)
     rows = [{"batch_size": cfg.batch_size, **r} for r in train_step.summarize(runs, cfg, rt, steps)]
     del runs, batches
@@ -163,7 +162,7 @@ def step_fused_head(ck, cfg, rt, steps):
                 continue  # a smaller micro-batch already did not fit
             run = None
             try:
-                run = train_step.build_variant(c, rt_eager, "bpe_tied", fused=fused)
+                run = train_step.build_variant(c, rt_eager, STUDY[0], fused=fused)
                 b = train_step.random_batches(c, rt_eager, 1)
                 train_step.time_interleaved([run], b, rt_eager, c, 1, 1)
                 rows += [{"batch_size": B, **r} for r in train_step.summarize([run], c, rt_eager, 1)]
@@ -188,18 +187,16 @@ def step_fused_head(ck, cfg, rt, steps):
     ck.record("d fused head", "ok", text, rows, time.time() - t)
 
 
-def step_dense_modes(ck, cfg, rt, steps):
-    if not ck.fits("e dense modes", ck.est["e"]):
+def step_embeddings(ck, rt, reps, smoke):
+    """e: the input embedding alone, forward + backward, at the 124M micro-step (smoke: 4 x 64 ids)."""
+    if not ck.fits("e embeddings", ck.est["e"]):
         return
     t = time.time()
-    rt_eager = train_step.eager(rt)
-    runs = [train_step.build_variant(cfg, rt_eager, "kronecker", m) for m in ("sparse", "dynamic", "cached")]
-    train_step.time_interleaved(runs, train_step.random_batches(cfg, rt_eager, 1), rt_eager, cfg, steps, 1)
-    rows = train_step.summarize(runs, cfg, rt_eager, steps)
-    base = rows[0]["ms_per_step"]
-    text = ", ".join(f"{r['kron_mode']} {r['ms_per_step']:.1f} ms ({r['ms_per_step'] / base:.2f}x)" for r in rows)
-    ck.record("e dense modes", "ok", f"kronecker, eager: {text}", rows, time.time() - t)
-    del runs
+    setting = dict(embedding_bench.SETTINGS[0], **({"B": 4, "T": 64, "d": 32} if smoke else {}))
+    rows = embedding_bench.run_setting(setting, ["nn.Embedding", "codec-table"], reps, rt.device, log=lambda *a: None)
+    text = ", ".join(f"{r['method']} {r['fwd_bwd_ms']:.2f} ms ({r['vs_nn_embedding']:.2f}x)" for r in rows)
+    ck.record("e embeddings", "ok", f"ids {rows[0]['ids']}, V {rows[0]['V']:,}, d {rows[0]['d']}: {text}", rows,
+              time.time() - t)
 
 
 def portable(text, work):
@@ -222,7 +219,7 @@ def step_train_py(ck, cfg_path, data, out, work, smoke):
         return
     t = time.time()
     run_dir = work / "train_py"
-    common = [cfg_path, f"--data_dir={data}", f"--out_dir={run_dir}", "--input_embedding=kronecker",
+    common = [cfg_path, f"--data_dir={data}", f"--out_dir={run_dir}", f"--input_embedding={STUDY[1]}",
               "--compile=false", "--progress=false", "--eval_interval=10", "--ckpt_interval=10", "--log_interval=5",
               "--warmup_steps=5", "--lr_decay_steps=30"]
     if not smoke:
@@ -250,7 +247,7 @@ def step_nccl(ck, cfg_path, data, out, work, smoke):
     t = time.time()
     run_dir = work / "ddp"
     cmd = ["torchrun", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), cfg_path, f"--data_dir={data}",
-           f"--out_dir={run_dir}", "--input_embedding=kronecker", "--progress=false", "--max_steps=20",
+           f"--out_dir={run_dir}", f"--input_embedding={STUDY[1]}", "--progress=false", "--max_steps=20",
            "--eval_interval=10", "--ckpt_interval=20", "--warmup_steps=5"]
     if not smoke:
         cmd += ["--batch_size=16", "--total_batch_size=32768", "--val_tokens=32768"]
@@ -289,7 +286,7 @@ def main(argv=None):
     ck = Check(out, args.budget_s, args.smoke)
     ck.result.update(device=dev, peak_flops=peak_flops(rt.device), compile=rt.compile)
     if rt.compile:
-        train_step.allow_many_compiled_models(len(ARMS))
+        train_step.allow_many_compiled_models(len(STUDY))
     steps = 10 if args.smoke else 50
 
     def guarded(name, fn, *a):
@@ -309,7 +306,7 @@ def main(argv=None):
     guarded("c arm overhead", step_overhead, ck, runs, cfg, rt, 5 if args.smoke else 20)
     del runs
     guarded("d fused head", step_fused_head, ck, cfg, rt, 3 if args.smoke else 10)
-    guarded("e dense modes", step_dense_modes, ck, cfg, rt, 3 if args.smoke else 5)
+    guarded("e embeddings", step_embeddings, ck, rt, 3 if args.smoke else 10, args.smoke)
     guarded("f train.py", step_train_py, ck, cfg_path, args.data, out, work, args.smoke)
     guarded("g 2-rank NCCL", step_nccl, ck, cfg_path, args.data, out, work, args.smoke)
     verdict = "PASS" if ck.ok else "FAIL"

@@ -34,7 +34,7 @@ fi
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/nvidia_smi.csv" 2>/dev/null || rm -f "$OUT/nvidia_smi.csv"
 # (library warnings name their install folder: shortened so the log names no machine path)
-"$PY" scripts/gpu_check.py --data "$DATA" --out "$OUT" "${ARGS[@]}" 2>&1 \
+"$PY" -m scripts.gpu_check --data "$DATA" --out "$OUT" "${ARGS[@]}" 2>&1 \
   | sed -u -E 's#[^ "(]*/(site|dist)-packages/#<site-packages>/#g' | tee "$OUT/gpu_check.log"
 rc=${PIPESTATUS[0]}
 echo "results in $OUT" >&2

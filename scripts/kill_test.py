@@ -1,7 +1,7 @@
 """Kill test: SIGKILL a training run at random steps, resume it, and check it ends exactly where an
 uninterrupted run ends.
 
-    python scripts/kill_test.py configs/smoke.py --input_embedding=kronecker [--nproc 2] [--kills 2] [--seed 0]
+    python -m scripts.kill_test configs/smoke.py --input_embedding=kronecker [--nproc 2] [--kills 2] [--seed 0]
 
 1 rank: the train.py process itself is killed and the same command is run again (auto-resume).
 N ranks: one worker under `torchrun --max-restarts` is killed; torchrun restarts the group, which resumes from the

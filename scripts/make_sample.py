@@ -1,6 +1,6 @@
 """Build data/sample/austen.jsonl.gz (the bundled corpus) from the Austen text: one chapter = one FineWeb-Edu-shaped row.
 
-    python scripts/make_sample.py --src austen.txt.gz [--out data/sample/austen.jsonl.gz]
+    python -m scripts.make_sample --src austen.txt.gz [--out data/sample/austen.jsonl.gz]
 
 Only needed to remake the committed file. --src is the gzipped text of the six novels (sha256 of the text
 f46c14b0...f31b95), extracted from the Debian package r-cran-janeaustenr 1.0.0-1: `apt-get download
@@ -16,8 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tokenizer import get_encoding  # noqa: E402
+from tokenizer import get_encoding
 
 SOURCE_SHA256 = "f46c14b02eb5efd875eeaf531fb73254b22d187eca87ea857832bef399f31b95"
 # title line in the text -> (slug, Project Gutenberg ebook number, which the janeaustenr text comes from)

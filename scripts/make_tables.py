@@ -1,13 +1,17 @@
 """Regenerate the comparison tables and curves from the runs' metrics.jsonl files.
 
-    python scripts/make_tables.py RUNS_DIR --out OUT [--eval DIR]
+    python -m scripts.make_tables RUNS_DIR --out OUT [--eval DIR]
 
 RUNS_DIR holds one folder per run named <arm>_s<seed>/ with the metrics.jsonl that train.py wrote. Writes
 OUT/loss_table.md, OUT/summary.json, OUT/val_loss.png, OUT/train_loss.png, OUT/norms.png, OUT/delta.png; with
 downstream evaluations (scripts/eval_lm.sh writes EVAL/<arm>_s<seed>.json; default: RUNS_DIR/../eval) also an
 evaluation table.
 
-Definitions. Final val loss = the last val_loss of a run. Every comparison is paired by seed (at one seed the arms
+Definitions. Final val loss = the run's `final_val_loss` (the last eval on a larger val set, train.py
+--final_val_tokens) when it has one, else its last val_loss. Spikes, per run, from its logged steps: the largest
+grad norm, the unhealthy steps by train.Health's rule (loss more than 1 nat above the start, or grad norm above 20 x
+the median of the last healthy steps), the largest one-step rise of the train loss, and the share of steps whose
+grad norm exceeded grad_clip (clipped). Every comparison is paired by seed (at one seed the arms
 start from the same trunk and see the same data): Δ = arm - reference in nats (negative: the arm reaches lower
 loss), with n, mean ± sample std, a 95 % paired-t confidence interval, the paired t-test's two-sided p, and the
 exact sign-flip permutation p (all 2^n sign patterns; at n = 5 it cannot go below 2/32 = 0.0625).
@@ -26,8 +30,9 @@ import sys
 from itertools import product
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import ARMS, comparisons  # noqa: E402
+from model import ARMS
+from train import Health
+from util import UserError
 
 NORM_KEYS = ["norm/input_row", "norm/input_emb", "norm/head_row"]
 # Reported by the paper (arXiv 2605.29459, GPT-2 124M, 2.5B FineWeb-Edu tokens, 3 seeds). Not ours.
@@ -35,20 +40,37 @@ PAPER = {"bpe_tied_val_loss": 3.32, "kronecker_val_loss": 3.24, "gap_nats": "0.0
          "gap_pct": "2.5 ± 0.2", "steps_to_target_ratio": 1.43, "input_params": "38.6M -> 3.1M"}
 
 
-class TablesError(RuntimeError):
+BASELINE = "bpe_tied"  # GPT-2 as published: every arm is compared with it
+
+
+def comparisons(arms) -> list:
+    """The paired comparisons of a study, as (arm, reference): every arm against BASELINE, then each arm against
+    the references its registry entry names (Arm.contrasts) -- in registry order, arms not in ARMS last."""
+    arms = [a for a in ARMS if a in arms] + [a for a in arms if a not in ARMS]
+    out = [(a, BASELINE) for a in arms if a != BASELINE] if BASELINE in arms else []
+    for a in arms:
+        out += [(a, ref) for ref in (ARMS[a].contrasts if a in ARMS else ()) if ref in arms and ref != BASELINE]
+    return out
+
+
+class TablesError(UserError):
     pass
 
 
 # -- reading -------------------------------------------------------------------------------------------------------
 
 def read_runs(runs_dir):
-    """{arm: {seed: [metric rows]}} from RUNS_DIR/<arm>_s<seed>/metrics.jsonl."""
+    """{arm: {seed: [metric rows]}} from RUNS_DIR/<arm>_s<seed>/metrics.jsonl. The run's config.json, when there
+    is one, comes first as a row with step -1 and key 'config'."""
     runs = {}
     for path in sorted(Path(runs_dir).glob("*/metrics.jsonl")):
         m = re.fullmatch(r"(.+)_s(\d+)", path.parent.name)
         if not m:
             continue
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        cfg = path.parent / "config.json"
+        if cfg.is_file():
+            rows.insert(0, {"step": -1, "config": json.loads(cfg.read_text())})
         runs.setdefault(m.group(1), {})[int(m.group(2))] = rows
     if not runs:
         raise TablesError(f"no <arm>_s<seed>/metrics.jsonl under {runs_dir}; run scripts/compare.sh first")
@@ -63,6 +85,26 @@ def series(rows, key):
 
 def first_value(rows, key):
     return next((r[key] for r in rows if key in r), None)
+
+
+def endpoint(rows):
+    """(step, loss) a comparison uses: the final_val_loss eval if the run has one, else its last val_loss."""
+    final = series(rows, "final_val_loss")
+    return final[-1] if final else series(rows, "val_loss")[-1]
+
+
+def spikes(rows):
+    """What the optimisation went through, from the logged training steps (see the module doc)."""
+    cfg = first_value(rows, "config") or {}
+    train = [r for r in rows if r.get("train_loss") is not None and r.get("grad_norm") is not None]
+    health, unhealthy = Health(), 0
+    for r in train:
+        unhealthy += health.check(r["train_loss"], r["grad_norm"], True, cfg.get("vocab_size", 50304)) is not None
+    losses = [r["train_loss"] for r in train]
+    clip = cfg.get("grad_clip", 1.0)
+    return {"max_grad_norm": max((r["grad_norm"] for r in train), default=None), "unhealthy_steps": unhealthy,
+            "max_loss_rise": max((b - a for a, b in zip(losses, losses[1:])), default=None),
+            "clipped_frac": sum(r["grad_norm"] > clip for r in train) / len(train) if train and clip > 0 else None}
 
 
 # -- statistics ----------------------------------------------------------------------------------------------------
@@ -152,11 +194,11 @@ def compare(runs, arm, ref):
     per_seed = {}
     for s in seeds:
         a, r = series(runs[arm][s], "val_loss"), series(runs[ref][s], "val_loss")
-        delta = a[-1][1] - r[-1][1]
+        delta = endpoint(runs[arm][s])[1] - endpoint(runs[ref][s])[1]
         worse = max(a[-1][1], r[-1][1])
         sym = steps_to_target(r, worse) / max(steps_to_target(a, worse), 1e-9)
         hit = steps_to_target(a, r[-1][1])
-        per_seed[s] = {"delta": delta, "delta_pct": 100 * delta / r[-1][1], "ppl_ratio": math.exp(delta),
+        per_seed[s] = {"delta": delta, "delta_pct": 100 * delta / endpoint(runs[ref][s])[1], "ppl_ratio": math.exp(delta),
                        "steps_ratio_sym": sym, "steps_ratio_paper": (r[-1][0] / hit) if hit else None,
                        "step_at_target": hit}
     out = {"arm": arm, "ref": ref, "seeds": seeds, "per_seed": per_seed,
@@ -166,6 +208,8 @@ def compare(runs, arm, ref):
         out[key] = mean_std(vals)
         out[key + "_n"] = len(vals)
     out["seeds_arm_lower"] = sum(1 for v in per_seed.values() if v["delta"] < 0)
+    out["spiked_seeds"] = {k: [s for s in seeds if spikes(runs[name][s])["unhealthy_steps"] > 0]
+                           for k, name in (("arm", arm), ("ref", ref))}
     return out
 
 
@@ -187,7 +231,7 @@ def delta_curves(runs, arm, ref):
 def summarize(runs):
     arms = {}
     for arm, by_seed in runs.items():
-        finals = {s: series(rows, "val_loss")[-1] for s, rows in by_seed.items()}
+        finals = {s: endpoint(rows) for s, rows in by_seed.items()}
         losses = [v for _, v in finals.values()]
         norms = {}
         for key in NORM_KEYS:
@@ -203,8 +247,15 @@ def summarize(runs):
             "params": first_value(any_rows, "params"), "input_params": first_value(any_rows, "input_params"),
             "tokens": max((r.get("tokens") or 0) for r in any_rows),
             "norms": norms,
+            "endpoint": sorted({"final_val_loss" if series(rows, "final_val_loss") else "val_loss"
+                                for rows in by_seed.values()}),
+            "spikes": {str(s): spikes(rows) for s, rows in sorted(by_seed.items())},
         }
-    return {"arms": arms, "comparisons": [compare(runs, a, r) for a, r in comparisons(list(runs))], "paper": PAPER}
+    return {"arms": arms, "comparisons": summarize_pairs(runs, comparisons(list(runs))), "paper": PAPER}
+
+
+def summarize_pairs(runs, pairs):
+    return [compare(runs, a, r) for a, r in pairs]
 
 
 # -- downstream evaluations (scripts/eval_lm.sh) --------------------------------------------------------------------
@@ -286,8 +337,9 @@ def markdown(summary, title):
               "losses (> 1: the arm is faster; every seed counts). Paper's definition = reference's final step ÷ the "
               "arm's first step reaching the reference's final loss, over the seeds where it does.", "",
               "| arm vs reference | n | Δ nats (mean ± std) | 95 % CI | p (t) | p (sign-flip) | Δ % | "
-              "steps-to-target (symmetric) | steps-to-target (paper's) | seeds where arm is lower |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "steps-to-target (symmetric) | steps-to-target (paper's) | seeds where arm is lower | "
+              "seeds with unhealthy steps: arm / reference |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in summary["comparisons"]:
         d, n = c["delta"], len(c["seeds"])
         ci = f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" if d["ci95"] else "n/a"
@@ -295,7 +347,8 @@ def markdown(summary, title):
                  if c["steps_ratio_paper_n"] else f"not reached (0/{n})")
         lines.append(f"| {c['arm']} vs {c['ref']} | {n} | {_pm((d['mean'], d['std']))} | {ci} | {_p(d['p_t'])} | "
                      f"{_p(d['p_signflip'])} | {_pm(c['delta_pct'], '{:+.2f}')} | "
-                     f"{_pm(c['steps_ratio_sym'], '{:.2f}')} | {paper} | {c['seeds_arm_lower']}/{n} |")
+                     f"{_pm(c['steps_ratio_sym'], '{:.2f}')} | {paper} | {c['seeds_arm_lower']}/{n} | "
+                     f"{len(c['spiked_seeds']['arm'])}/{n} / {len(c['spiked_seeds']['ref'])}/{n} |")
     lines += ["", "## Embedding norms (ours; mean over seeds, first → last logged step)", "",
               "| arm | input-matrix row norm | effective input embedding norm | output-head row norm |",
               "|---|---|---|---|"]
@@ -303,6 +356,27 @@ def markdown(summary, title):
         cells = [f"{a['norms'][k]['start']:.3f} → {a['norms'][k]['end']:.3f}"
                  if a["norms"][k]["start"] is not None else "n/a" for k in NORM_KEYS]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines += ["", "## Spikes (ours; per arm over seeds)", "",
+              "Unhealthy step: loss > 1 nat above the start or grad norm > 20 × the median of the last healthy steps "
+              "(the rule that defers checkpoints in train.py). Loss rise: the largest one-step increase of the train "
+              "loss. Clipped: share of steps with grad norm above grad_clip.", "",
+              "| arm | runs with unhealthy steps | unhealthy steps (total) | max grad norm (median over runs; max) | "
+              "largest loss rise (max) | clipped steps (mean) |", "|---|---|---|---|---|---|"]
+    for arm, a in A.items():
+        sp = list(a["spikes"].values())
+        norms = [s["max_grad_norm"] for s in sp if s["max_grad_norm"] is not None]
+        rises = [s["max_loss_rise"] for s in sp if s["max_loss_rise"] is not None]
+        clipped = [s["clipped_frac"] for s in sp if s["clipped_frac"] is not None]
+        lines.append(f"| {arm} | {sum(s['unhealthy_steps'] > 0 for s in sp)}/{len(sp)} | "
+                     f"{sum(s['unhealthy_steps'] for s in sp)} | "
+                     + (f"{statistics.median(norms):.3g}; {max(norms):.3g} | " if norms else "n/a | ")
+                     + (f"{max(rises):+.3f} | " if rises else "n/a | ")
+                     + (f"{100 * statistics.fmean(clipped):.0f} % |" if clipped else "n/a |"))
+    lines += ["", "Per run (seed: unhealthy steps, max grad norm, largest loss rise, clipped):", ""]
+    for arm, a in A.items():
+        cells = [f"{s}: {v['unhealthy_steps']}, {v['max_grad_norm']:.3g}, {v['max_loss_rise']:+.2f}, "
+                 f"{100 * v['clipped_frac']:.0f} %" for s, v in a["spikes"].items() if v["max_grad_norm"] is not None]
+        lines.append(f"- {arm}: " + "; ".join(cells))
     P = summary["paper"]
     lines += ["", "## The paper's reported numbers (arXiv 2605.29459; GPT-2 124M, 2.5B FineWeb-Edu tokens) — not ours",
               "", "| quantity | paper |", "|---|---|",
@@ -355,12 +429,18 @@ def plots(runs, out):
     fig.savefig(out / "val_loss.png", dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    band(ax, "train_loss", smooth=0.8)
-    ax.set_title("train loss (EMA 0.8; mean, min–max band over seeds)")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for arm, by_seed in runs.items():  # every seed raw: a spike in any run stays visible
+        for i, rows in enumerate(by_seed.values()):
+            steps, vals = zip(*series(rows, "train_loss")) if series(rows, "train_loss") else ((), ())
+            ax.plot(steps, vals, color=colors.get(arm), lw=0.7, alpha=0.6,
+                    label=f"{arm} (n={len(by_seed)})" if i == 0 else None)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_xlabel("step")
+    ax.set_title("train loss, every seed, unsmoothed (log scale: spikes are not clipped)")
     ax.set_ylabel("train loss (nats)")
-    ax.set_ylim(top=min(8.0, ax.get_ylim()[1]))
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "train_loss.png", dpi=110)
     plt.close(fig)
@@ -389,6 +469,10 @@ def plots(runs, out):
         ax.fill_between(x, [lo for *_, lo, _ in curve], [hi for *_, hi in curve], color=colors.get(arm), alpha=0.25)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(f"{arm} − {ref}", fontsize=10)
+        spiked = next(c for c in summarize_pairs(runs, [(arm, ref)]))["spiked_seeds"]["ref"]
+        if spiked:
+            ax.text(0.02, 0.02, f"{ref} had unhealthy steps in seeds {', '.join(map(str, spiked))}",
+                    transform=ax.transAxes, fontsize=7, color="darkred")
         ax.set_xlabel("tokens (M)")
         ax.grid(alpha=0.3)
         skip = next((i for i, (_, m, _, _) in enumerate(curve) if abs(m) < 1.0), 0)  # the first evals dwarf the rest

@@ -14,6 +14,6 @@ for arm in bpe_tied kronecker; do
   "$PY" train.py configs/cpu_tiny.py --input_embedding="$arm" --seed=1337 --out_dir="$OUT/${arm}_s1337" \
     --max_steps="$STEPS" --eval_interval=20 --norm_interval=20 --log_interval=20 --ckpt_interval="$STEPS"
 done
-"$PY" scripts/make_tables.py "$OUT" --out "$OUT" --title "Quickstart: bpe_tied vs kronecker, $STEPS steps on the Austen sample" \
+"$PY" -m scripts.make_tables "$OUT" --out "$OUT" --title "Quickstart: bpe_tied vs kronecker, $STEPS steps on the Austen sample" \
   | awk '/^## Final/{show=1} /^## Embedding/{show=0} show'
 echo "curves: $OUT/val_loss.png $OUT/train_loss.png $OUT/norms.png | full table: $OUT/loss_table.md"

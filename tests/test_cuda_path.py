@@ -12,7 +12,9 @@ import runtime
 import train
 from config import load_config
 from conftest import ROOT
-from model import ARMS, GPT, KRON_MODES, GPTConfig, KroneckerEmbedding
+from bench import train_step
+from kronecker import DenseCodec, KroneckerEmbedding
+from model import ARMS, GPT, GPTConfig
 from tokenizer import token_bytes
 
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, kron_pos_dim=4)
@@ -80,7 +82,7 @@ def test_ddp_does_not_broadcast_buffers(monkeypatch):
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         rt = runtime.Runtime(0, 0, 2, torch.device("cpu"), "cpu", torch.float32, False)  # "2 ranks": DDP wraps
-        cfg = load_config([str(ROOT / "configs/smoke.py"), "--input_embedding=kronecker", "--kron_mode=cached"])
+        cfg = load_config([str(ROOT / "configs/smoke.py"), "--input_embedding=kronecker"])
         _, ddp = train.build_model(cfg, rt)
         assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
         assert ddp.broadcast_buffers is False and ddp.gradient_as_bucket_view is True
@@ -88,10 +90,11 @@ def test_ddp_does_not_broadcast_buffers(monkeypatch):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("mode", KRON_MODES)
+@pytest.mark.parametrize("mode", ["table", "dynamic", "cached"])
 def test_codec_stays_fp32_under_bf16_autocast(mode):
     torch.manual_seed(0)
-    emb = KroneckerEmbedding(50304, 24, 4, mode, token_bytes(50304))
+    emb = KroneckerEmbedding(50304, 24, 4, token_bytes(50304))
+    emb = emb if mode == "table" else DenseCodec(emb, mode)
     ids = torch.randint(0, 50304, (64,))
     plain = emb(ids)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -112,20 +115,17 @@ def test_peak_flops_table_and_which_entry(monkeypatch):
 def test_benchmark_variants_all_run_compiled():
     """Nine compiled models share GPT.forward's code cache: past dynamo's default limit of 8 the ninth would run in
     eager mode, silently. The benchmark raises the limit and makes hitting it an error."""
-    import sys
-    sys.path.insert(0, str(ROOT / "bench"))
-    import train_step
     cfg = torch._dynamo.config
     saved = {k: getattr(cfg, k) for k in ("recompile_limit", "fail_on_recompile_limit_hit") if hasattr(cfg, k)}
     torch._dynamo.reset()
     try:
-        names = train_step.variants(list(ARMS), list(KRON_MODES))  # 16 variants, like the benchmark's
+        names = train_step.variants(list(ARMS))  # 2 per arm, like the benchmark's
         idx = torch.randint(0, 50257, (1, 8))
 
         def run_all():
-            for arm, mode, fused in names:
+            for arm, fused in names:
                 torch.manual_seed(0)
-                m = GPT(GPTConfig(input_embedding=arm, kron_mode=mode, fused_head=fused, **TINY))
+                m = GPT(GPTConfig(input_embedding=arm, fused_head=fused, **TINY))
                 torch.compile(m, backend="eager")(idx, idx)
         cfg.fail_on_recompile_limit_hit = True
         with pytest.raises(Exception, match="recompile_limit|cache_size_limit"):

@@ -6,12 +6,8 @@ import pytest
 
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "probes"))
-import generation  # noqa: E402
-import geometry  # noqa: E402
-import param_accounting  # noqa: E402
-import robustness  # noqa: E402
-from _common import run_main  # noqa: E402
+from probes import generation, geometry, param_accounting, robustness
+from probes._common import run_main
 
 from model import ARMS  # noqa: E402
 
@@ -51,7 +47,7 @@ def test_robustness_on_every_arm(smoke_ckpts, tmp_path):
         o = m["overall"]
         assert o["kl"] >= 0 and 0 <= o["top1_kept"] <= 1 and -1 <= o["cosine"] <= 1
         assert len(m["pairs"]) == 12 and "dup" not in m["per_category"]
-    assert len(res["comparisons"]) == 6
+    assert len(res["comparisons"]) == len(ARMS) * (len(ARMS) - 1) // 2  # every pair of models
     saved = json.loads((tmp_path / "rob.json").read_text())
     assert saved["n_pairs"] == 12 and (tmp_path / "rob.md").read_text().startswith("# Spelling robustness")
 
@@ -162,6 +158,6 @@ def test_sample_and_probes_refuse_bad_input_in_one_line(smoke_ckpts, tmp_path, c
     for call, match in cases:
         assert match in one_error_line(capsys, call)
     # and once through the real command line: exit code 2, one line, no traceback
-    proc = subprocess.run([sys.executable, str(ROOT / "probes/geometry.py"), "--checkpoints", str(bad), "--out",
-                           str(tmp_path / "g.json")], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "probes.geometry", "--checkpoints", str(bad), "--out",
+                           str(tmp_path / "g.json")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not a nanokron checkpoint" in proc.stderr

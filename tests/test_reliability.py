@@ -16,8 +16,7 @@ import train
 from conftest import ROOT, run_train
 from data import write_shard
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import kill_test  # noqa: E402
+from scripts import kill_test
 
 
 def rows(metrics, key):

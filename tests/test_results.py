@@ -5,17 +5,16 @@ import pytest
 
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import make_tables  # noqa: E402
+from scripts import make_tables
 
-FOLDERS = sorted(p.parent for p in (ROOT / "results").glob("*/runs") if p.is_dir())
+FOLDERS = sorted(p.parent for p in (ROOT / "results").rglob("runs") if p.is_dir())
 
 
 def test_there_are_committed_runs():
     assert FOLDERS, "no results/<exp>/runs folder"
 
 
-@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: str(p.relative_to(ROOT / "results")))
 def test_tables_regenerate_byte_for_byte(folder, tmp_path):
     runs = sorted((folder / "runs").iterdir())
     assert runs and all((r / "metrics.jsonl").is_file() and (r / "config.json").is_file() for r in runs)

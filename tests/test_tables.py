@@ -8,8 +8,7 @@ import pytest
 
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import make_tables  # noqa: E402
+from scripts import make_tables
 
 
 def write_run(base, arm, seed, curve, params=100, input_params=10):
@@ -69,8 +68,8 @@ def test_known_answers(synthetic, tmp_path):
         assert (out / png).stat().st_size > 10_000
     # deterministic: a rerun regenerates the same table and summary
     again = tmp_path / "again"
-    subprocess.run([sys.executable, str(ROOT / "scripts/make_tables.py"), str(synthetic), "--out", str(again),
-                    "--no_plots", "--title", f"Comparison: {synthetic.name}"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "scripts.make_tables", str(synthetic), "--out", str(again),
+                    "--no_plots", "--title", f"Comparison: {synthetic.name}"], check=True, capture_output=True, cwd=ROOT)
     assert (again / "loss_table.md").read_text() == table
     assert (again / "summary.json").read_text() == (out / "summary.json").read_text()
 
