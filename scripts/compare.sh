@@ -9,12 +9,14 @@
 # RUNS_DIR/EXP/tables/. A finished run is skipped, an unfinished one resumes from its last checkpoint (train.py does
 # both), so the script can be rerun after any interruption. --jobs N runs N runs at a time (a grid of small runs:
 # on a CPU each gets OMP_NUM_THREADS = cores / N; on a GPU they share it); their output goes to
-# RUNS_DIR/EXP/logs/<arm>_s<seed>.log. --key=value arguments go to every train.py call; runs are grouped in wandb
-# as EXP. Multi-node: scripts/compare_multinode.sh sets NNODES / NODE_RANK / RDZV_ENDPOINT.
+# RUNS_DIR/EXP/logs/<arm>_s<seed>.log. --done_dir DIR: a run whose DIR/<arm>_s<seed>/metrics.jsonl holds a
+# final_val_loss is skipped too (runs finished elsewhere, kept as raw files). --key=value arguments go to every
+# train.py call; runs are grouped in wandb as EXP. Multi-node: scripts/compare_multinode.sh sets NNODES / NODE_RANK /
+# RDZV_ENDPOINT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 [[ $# -ge 1 ]] || usage 2
 [[ "$1" == "-h" || "$1" == "--help" ]] && usage 0
 CONFIG=$1; shift
@@ -27,6 +29,7 @@ JOBS=1
 EXP=$(basename "$CONFIG" .py)
 RUNS_DIR=runs
 TABLES_OUT=""
+DONE_DIR=""
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -37,6 +40,7 @@ while [[ $# -gt 0 ]]; do
     --exp) EXP=$2; shift 2 ;;
     --runs_dir) RUNS_DIR=$2; shift 2 ;;
     --tables_out) TABLES_OUT=$2; shift 2 ;;
+    --done_dir) DONE_DIR=$2; shift 2 ;;
     --*=*) EXTRA+=("$1"); shift ;;
     *) echo "error: unknown argument $1 (options: --seeds --arms --jobs --nproc --exp --runs_dir --tables_out --key=value)" >&2; exit 2 ;;
   esac
@@ -64,8 +68,13 @@ if [[ "$JOBS" -gt 1 ]]; then
   THREADS=$(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))
 fi
 
+done_elsewhere() {  # arm seed
+  [[ -n "$DONE_DIR" ]] && grep -q '"final_val_loss"' "$DONE_DIR/${1}_s${2}/metrics.jsonl" 2>/dev/null
+}
+
 run_one() {  # arm seed
   local arm=$1 seed=$2 out="$RUNS_DIR/$EXP/${1}_s${2}" rdzv=()
+  if done_elsewhere "$arm" "$seed"; then echo "${arm}_s${seed} already finished (raw run in $DONE_DIR)"; return 0; fi
   [[ "$NNODES" -gt 1 ]] && rdzv=(--rdzv_id="${EXP}_${arm}_${seed}")
   "${LAUNCH[@]}" "${rdzv[@]}" train.py "$CONFIG" --input_embedding="$arm" --seed="$seed" --out_dir="$out" \
     --wandb_group="$EXP" --wandb_run_name="${arm}_s${seed}" "${EXTRA[@]}"
