@@ -143,7 +143,8 @@ def export(ckpt_path, out_dir, dtype="float32"):
     # (the checkpoint as run folder/file name: an export is meant to be shared, a full path names the machine)
     meta = {"arm": cfg.input_embedding, "tied": cfg.arm.tied, **model.transformer.wte.describe(),
             "vocab_size": cfg.vocab_size,
-            "real_vocab": N_VOCAB, "source_checkpoint": f"{Path(ckpt_path).parent.name}/{Path(ckpt_path).name}", "step": ckpt["step"],
+            "real_vocab": N_VOCAB, "source_checkpoint": f"{Path(ckpt_path).parent.name}/{Path(ckpt_path).name}",
+            "experiment": Path(ckpt_path).resolve().parent.parent.name, "run": Path(ckpt_path).parent.name, "step": ckpt["step"],
             "seed": ckpt.get("config", {}).get("seed"), "tokenizer": RANKS_PATH.name,
             "tokenizer_sha256": RANKS_SHA256, "nanokron_commit": git_commit(), "dtype": dtype,
             "model_args": ckpt["model_args"]}

@@ -12,12 +12,16 @@ import hashlib
 import inspect
 import json
 import math
+import netrc
+import os
 import platform
 import secrets
 import signal
+import socket
 import statistics
 import sys
 import time
+import urllib.parse
 from collections import deque
 from contextlib import nullcontext
 from pathlib import Path
@@ -48,13 +52,25 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
+def plan_batch(cfg: TrainConfig, world: int):
+    """(micro-batch, grad accum) for `world` ranks: the largest micro-batch <= batch_size such that micro-batch x
+    block_size x world x accum = total_batch_size. So one config runs on 1 GPU or 64 (batch_size is a cap: 64 at
+    124M fits an 80 GB card, and on 16+ GPUs a step has fewer sequences per rank than that)."""
+    T = cfg.model.block_size
+    if cfg.total_batch_size % (T * world):
+        raise UserError(f"total_batch_size={cfg.total_batch_size} is not divisible by block_size x world = {T} x "
+                        f"{world} = {T * world}; make it a multiple, or use another number of ranks")
+    per_rank = cfg.total_batch_size // (T * world)  # sequences per rank per optimizer step
+    micro = max(b for b in range(1, min(cfg.batch_size, per_rank) + 1) if per_rank % b == 0)
+    return micro, per_rank // micro
+
+
 def grad_accum_steps(cfg: TrainConfig, world: int) -> int:
-    per_micro = cfg.batch_size * cfg.model.block_size * world
-    if cfg.total_batch_size % per_micro:
-        raise UserError(f"total_batch_size={cfg.total_batch_size} is not divisible by batch_size x block_size x "
-                        f"world = {cfg.batch_size} x {cfg.model.block_size} x {world} = {per_micro}; make it a "
-                        f"multiple")
-    return cfg.total_batch_size // per_micro
+    """Micro-batches per optimizer step at cfg.batch_size exactly (benchmarks, which do not adapt it)."""
+    micro, accum = plan_batch(cfg, world)
+    if micro != cfg.batch_size:
+        raise UserError(f"batch_size={cfg.batch_size} does not divide a step's sequences per rank; use {micro}")
+    return accum
 
 
 def build_model(cfg: TrainConfig, rt: Runtime):
@@ -149,10 +165,14 @@ class Metrics:
             id_file = Path(out_dir) / "wandb_id.txt"
             run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
             id_file.write_text(run_id)
-            self.wandb = wandb.init(project=cfg.wandb_project, group=cfg.wandb_group or None,
-                                    name=cfg.wandb_run_name or f"{cfg.model.input_embedding}_s{cfg.seed}",
-                                    mode=cfg.wandb_mode, dir=str(out_dir), config=cfg.to_dict(), id=run_id,
-                                    resume="allow")
+            try:
+                self.wandb = wandb.init(project=cfg.wandb_project, group=cfg.wandb_group or None,
+                                        name=cfg.wandb_run_name or f"{cfg.model.input_embedding}_s{cfg.seed}",
+                                        mode=cfg.wandb_mode, dir=str(out_dir), config=cfg.to_dict(), id=run_id,
+                                        resume="allow")
+            except Exception as e:  # a bad project or entity, a refused key: wandb's own message, in one line
+                raise UserError(f"wandb could not start ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                                f"check --wandb_project, or use --wandb_mode=offline") from None
 
     def log(self, step, **values):
         if not self.master:
@@ -295,6 +315,33 @@ def diverged(out_dir, step, why, health, master):
     return UserError(f"training diverged at step {step} ({why}); stopped. {where}, or pass --nonfinite=skip")
 
 
+def check_wandb(cfg: TrainConfig):
+    """Fail before any training, in one line, when wandb cannot log as asked: no package, no API key (online), or
+    no route to the server (online). Offline mode needs neither: `wandb sync` uploads the run later."""
+    if cfg.wandb_mode == "disabled":
+        return
+    sync = f"`wandb sync {cfg.out_dir}/wandb/offline-run-*` from a machine with network"
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise UserError(f"wandb_mode={cfg.wandb_mode} needs the wandb package: pip install wandb") from None
+    if cfg.wandb_mode != "online":
+        return
+    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        has_key = bool(os.environ.get("WANDB_API_KEY") or netrc.netrc().authenticators(host))
+    except (OSError, netrc.NetrcParseError):
+        has_key = False
+    if not has_key:
+        raise UserError(f"wandb_mode=online but no wandb API key is set up here: run `wandb login` (or set "
+                        f"WANDB_API_KEY), or train with --wandb_mode=offline and later run {sync}")
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        raise UserError(f"wandb_mode=online but {host} cannot be reached from this machine: train with "
+                        f"--wandb_mode=offline and later run {sync}") from None
+
+
 def provenance(rt: Runtime, data_id) -> dict:
     """What made this run, as data: code, library, threads, device, ranks and the data's identity."""
     device = torch.cuda.get_device_name(rt.device) if rt.device_type == "cuda" else f"cpu ({platform.machine()})"
@@ -305,8 +352,11 @@ def provenance(rt: Runtime, data_id) -> dict:
 
 def train(cfg: TrainConfig):
     # setup: everything that can be wrong with the command or the data fails before out_dir is touched
+    if int(os.environ.get("RANK", 0)) == 0:
+        check_wandb(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.compile)
-    accum = grad_accum_steps(cfg, rt.world)
+    micro, accum = plan_batch(cfg, rt.world)
+    cfg = cfg.replace(batch_size=micro)  # the configured batch_size is a cap; the startup line says what runs
     T, V = cfg.model.block_size, cfg.model.vocab_size
     loader = ShardLoader(cfg.data_dir, "train", cfg.batch_size, T, rt.rank, rt.world, shuffle=cfg.shuffle,
                          seed=cfg.seed, vocab_size=V, accum=accum)
@@ -346,8 +396,9 @@ def train(cfg: TrainConfig):
         flops_per_token = raw.estimate_flops_per_token(cfg.batch_size * cfg.model.block_size)
         peak_key, peak = peak_flops_entry(rt.device)
         metrics.say(f"{cfg.model.input_embedding}: {n_params:,} params ({n_input:,} input-side) | {rt.world} rank(s) on "
-                    f"{rt.device} | {str(rt.ptdtype).replace('torch.', '')} | compile {rt.compile} | grad accum {accum} "
-                    f"| {cfg.total_batch_size:,} tokens/step")
+                    f"{rt.device} | {str(rt.ptdtype).replace('torch.', '')} | compile {rt.compile} | micro-batch "
+                    f"{cfg.batch_size} x grad accum {accum} x {rt.world} rank(s) x {cfg.model.block_size} = "
+                    f"{cfg.total_batch_size:,} tokens/step")
         if rt.device_type == "cuda":
             metrics.say(f"MFU against {peak / 1e12:.0f} TFLOP/s bf16 (table entry '{peak_key}')" if peak else
                         f"no peak FLOP/s known for {torch.cuda.get_device_name(rt.device)}: MFU not reported")
@@ -367,6 +418,7 @@ def train(cfg: TrainConfig):
         model.train()
         if step == 0:
             eval_and_norms(0, False, cfg, rt, model, raw, vals, metrics)
+        data_pass = loader.epoch
         batches, interrupted, due_ckpt, t_last = fetch(), False, False, time.time()
         while step < cfg.max_steps and not interrupted:
             lr = get_lr(step, cfg)
@@ -375,6 +427,11 @@ def train(cfg: TrainConfig):
             # position *before* the prefetch, so a resume re-reads exactly these windows.
             loader_state = loader.state_dict()
             batches = fetch() if step + 1 < cfg.max_steps else None
+            if loader.epoch > data_pass:  # said once per run: the data on disk was shorter than the run
+                if data_pass == 0:
+                    metrics.say(f"warning: step {step + 2} starts a second pass over the training data in "
+                                f"{cfg.data_dir}; for one pass, prepare more tokens (train.py --dry_run tells how many)")
+                data_pass = loader.epoch
             votes = None
             if rt.ddp:  # mean loss and "was any rank signalled" in one all-reduce, read with the grad norm
                 summed = torch.stack([loss, stop.vote()])
@@ -429,10 +486,41 @@ def train(cfg: TrainConfig):
 
 
 
+def dry_run(cfg: TrainConfig) -> str:
+    """The whole plan of a run, resolved without a process group or a GPU: world size (WORLD_SIZE, as torchrun
+    sets it), batch geometry, token budget against the data on disk, checkpoint size and disk."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    micro, accum = plan_batch(cfg, world)
+    T, tokens = cfg.model.block_size, cfg.max_steps * cfg.total_batch_size
+    out = [f"world size {world} | micro-batch {micro} (cap batch_size={cfg.batch_size}) x grad accum {accum} x {world} "
+           f"x {T} = {micro * accum * world * T:,} tokens/step",
+           f"{cfg.max_steps:,} steps = {tokens:,} training tokens ({cfg.model.input_embedding}, seed {cfg.seed})"]
+    try:
+        loader = ShardLoader(cfg.data_dir, "train", micro, T, 0, world, vocab_size=cfg.model.vocab_size, accum=accum)
+        per_epoch = sum(loader.n_blocks)
+        usable = per_epoch * cfg.total_batch_size
+        out.append(f"data: {cfg.data_dir} holds {sum(loader.counts):,} train tokens in {len(loader.files)} shard(s), "
+                   f"{per_epoch:,} whole steps ({usable:,} tokens; each shard's tail shorter than a step is skipped)")
+        if per_epoch < cfg.max_steps:
+            out.append(f"warning: a second pass over the data starts at step {per_epoch + 1}: prepare more tokens "
+                       f"(prepare_fineweb.py --max_tokens) or lower max_steps")
+    except UserError as e:
+        out.append(f"data: not usable yet ({e})")
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg.model)
+    n = model.num_params()
+    ckpt = n * 4 * 3 + sum(b.numel() * b.element_size() for b in model.buffers())  # weights + AdamW's two moments
+    out.append(f"model: {n:,} parameters; a checkpoint is about {ckpt / 1e9:.2f} GB, {cfg.keep_checkpoints} kept "
+               f"(+1 while a new one is written): about {(cfg.keep_checkpoints + 1) * ckpt / 1e9:.1f} GB in "
+               f"{cfg.out_dir}")
+    return "\n".join(out)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    plan_only = "--dry_run" in argv
+    argv = [a for a in argv if a not in ("--debug", "--dry_run")]
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         print("config keys (--key=value), with their defaults:")
@@ -440,6 +528,9 @@ def main(argv=None):
             print(f"  {k} = {v!r}")
         return
     try:
+        if plan_only:
+            print(dry_run(load_config(argv)))
+            return
         train(load_config(argv))
     except UserError as e:
         if debug:

@@ -2,8 +2,12 @@
 # The comparison: every arm x seed, then the tables.
 #
 #   bash scripts/compare.sh CONFIG [--seeds "1337 1338 1339"] [--arms "bpe_tied kronecker"] [--jobs N]
-#                                  [--nproc N] [--exp NAME] [--runs_dir runs] [--tables_out DIR] [--key=value ...]
+#                                  [--nproc N] [--max_restarts N] [--exp NAME] [--runs_dir runs] [--tables_out DIR]
+#                                  [--done_dir DIR] [--key=value ...]
 #
+# --nproc: processes per run (default: every visible GPU, 1 on a CPU); each run is one torchrun job
+# (python -m torch.distributed.run, the same Python) when there is more than one, and --max_restarts lets torchrun
+# restart a failed worker group that many times (it resumes from the last checkpoint).
 # Default: the three seeds of the paper and every study arm of model.ARMS (the attribution controls only when named
 # in --arms). Runs go to RUNS_DIR/EXP/<arm>_s<seed>/ (EXP defaults to the config's name), tables to
 # RUNS_DIR/EXP/tables/. A finished run is skipped, an unfinished one resumes from its last checkpoint (train.py does
@@ -16,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 [[ $# -ge 1 ]] || usage 2
 [[ "$1" == "-h" || "$1" == "--help" ]] && usage 0
 CONFIG=$1; shift
@@ -24,7 +28,8 @@ CONFIG=$1; shift
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 SEEDS="1337 1338 1339"
 ARMS=$("$PY" -c "from model import ARMS; print(' '.join(a for a in ARMS if not ARMS[a].control))")
-NPROC=${NPROC:-1}
+NPROC=${NPROC:-}
+MAX_RESTARTS=0
 JOBS=1
 EXP=$(basename "$CONFIG" .py)
 RUNS_DIR=runs
@@ -37,14 +42,16 @@ while [[ $# -gt 0 ]]; do
     --arms) ARMS=$2; shift 2 ;;
     --jobs) JOBS=$2; shift 2 ;;
     --nproc) NPROC=$2; shift 2 ;;
+    --max_restarts) MAX_RESTARTS=$2; shift 2 ;;
     --exp) EXP=$2; shift 2 ;;
     --runs_dir) RUNS_DIR=$2; shift 2 ;;
     --tables_out) TABLES_OUT=$2; shift 2 ;;
     --done_dir) DONE_DIR=$2; shift 2 ;;
     --*=*) EXTRA+=("$1"); shift ;;
-    *) echo "error: unknown argument $1 (options: --seeds --arms --jobs --nproc --exp --runs_dir --tables_out --key=value)" >&2; exit 2 ;;
+    *) echo "error: unknown argument $1 (options: --seeds --arms --jobs --nproc --max_restarts --exp --runs_dir --tables_out --done_dir --key=value)" >&2; exit 2 ;;
   esac
 done
+[[ -n "$NPROC" ]] || NPROC=$("$PY" -c "import torch; print(max(1, torch.cuda.device_count()))")
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --jobs must be a positive integer, got '$JOBS'" >&2; exit 2; }
 for arm in $ARMS; do
   "$PY" -c "import sys; from model import ARMS; sys.exit(sys.argv[1] not in ARMS)" "$arm" \
@@ -54,9 +61,10 @@ done
 NNODES=${NNODES:-1}
 if [[ "$NNODES" -gt 1 ]]; then
   : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port of node 0 for a multi-node run}"
-  LAUNCH=(torchrun --nnodes="$NNODES" --nproc_per_node="$NPROC" --rdzv_backend=c10d --rdzv_endpoint="$RDZV_ENDPOINT")
+  LAUNCH=("$PY" -m torch.distributed.run --nnodes="$NNODES" --nproc_per_node="$NPROC" --rdzv_backend=c10d
+          --rdzv_endpoint="$RDZV_ENDPOINT" --max-restarts="$MAX_RESTARTS")
 elif [[ "$NPROC" -gt 1 ]]; then
-  LAUNCH=(torchrun --standalone --nproc_per_node="$NPROC")
+  LAUNCH=("$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" --max-restarts="$MAX_RESTARTS")
 else
   LAUNCH=("$PY")  # one process per run: no rendezvous needed, and parallel jobs cannot collide on a port
 fi

@@ -28,7 +28,7 @@ CK=$(for d in runs/cpu_tiny/*_s1337; do echo "$d"; done)
 mkdir -p results/bench
 # (the printed tables, with command, commit and machine, are what results/bench/*.md record)
 OMP_NUM_THREADS=1 "$PY" -m bench.train_step configs/cpu_tiny.py --steps 10 --warmup 2 \
-  --kron_modes sparse,dynamic,cached --json results/bench/train_step_cpu.json
+  --json results/bench/train_step_cpu.json
 "$PY" -m bench.embedding --json results/bench/embedding.json
 "$PY" -m bench.tokenize_bench --json results/bench/tokenize.json
 "$PY" -m bench.tokenize_bench --repeat 10 --json results/bench/tokenize_x10.json

@@ -4,8 +4,9 @@
 # TASKS (comma-separated) default: hellaswag,lambada_openai,arc_easy,piqa,winogrande -- the zero-shot tasks GPT-2
 # reproductions report (HellaSwag first). They download from the Hugging Face hub; offline, the repo's own
 # nanokron_tiny_mc (evals/) checks the path end to end.
-# Writes --out (default results/<exp>/eval/<arm>_s<seed>.json, from the run the export came from): per task the
-# metrics lm-eval reports, plus arm, seed, step, lm-eval version and the command. make_tables.py reads these.
+# Writes --out (default results/<exp>/eval/<arm>_s<seed>.json, <exp> = the folder holding the exported run): per
+# task the metrics lm-eval reports, plus arm, seed, step, lm-eval version and the command. make_tables.py reads
+# these. A whole study at once: scripts/eval_all.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python3 || command -v python)}
@@ -31,8 +32,7 @@ if [[ -z "$OUT" ]]; then
   OUT=$("$PY" -c "
 import json, sys; from pathlib import Path
 m = json.load(open(sys.argv[1] + '/nanokron.json'))
-exp = Path(m['source_checkpoint']).parent.parent.name or 'export'
-print(f\"results/{exp}/eval/{m['arm']}_s{m['seed']}.json\")" "$DIR")
+print(f\"results/{m.get('experiment') or 'export'}/eval/{m['arm']}_s{m['seed']}.json\")" "$DIR")
 fi
 RAW=$(mktemp -d)
 trap 'rm -rf "$RAW"' EXIT

@@ -4,7 +4,7 @@
 
 RUNS_DIR holds one folder per run named <arm>_s<seed>/ with the metrics.jsonl that train.py wrote. Writes
 OUT/loss_table.md, OUT/summary.json, OUT/val_loss.png, OUT/train_loss.png, OUT/norms.png, OUT/delta.png; with
-downstream evaluations (scripts/eval_lm.sh writes EVAL/<arm>_s<seed>.json; default: RUNS_DIR/../eval) also an
+downstream evaluations (scripts/eval_lm.sh writes EVAL/<arm>_s<seed>.json; default: RUNS_DIR/eval, else RUNS_DIR/../eval) also an
 evaluation table.
 
 Definitions. Final val loss = the run's `final_val_loss` (the last eval on a larger val set, train.py
@@ -499,13 +499,21 @@ def _tokens_per_step(rows):
     return r["tokens"] / r["step"] if r else 1.0
 
 
+def eval_folder(runs_dir) -> Path:
+    """Where a study's evaluations are: RUNS_DIR/eval (scripts/eval_all.sh on a compare.sh study), else the eval/
+    beside a committed results/<exp>/runs folder."""
+    inside = Path(runs_dir) / "eval"
+    return inside if inside.is_dir() else Path(runs_dir).parent / "eval"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs_dir")
     ap.add_argument("--out", required=True)
     ap.add_argument("--title", default=None)
     ap.add_argument("--no_plots", action="store_true")
-    ap.add_argument("--eval", default=None, help="folder of eval_lm.sh results (default: RUNS_DIR/../eval)")
+    ap.add_argument("--eval", default=None,
+                    help="folder of eval_lm.sh results (default: RUNS_DIR/eval, else RUNS_DIR/../eval)")
     args = ap.parse_args(argv)
     try:
         runs = read_runs(args.runs_dir)
@@ -515,7 +523,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs)
-    evals = read_evals(Path(args.eval) if args.eval else Path(args.runs_dir).parent / "eval")
+    evals = read_evals(Path(args.eval) if args.eval else eval_folder(args.runs_dir))
     if evals:
         summary["eval"] = summarize_evals(evals)
     where = Path(args.runs_dir).resolve()

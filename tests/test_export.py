@@ -88,3 +88,26 @@ def test_export_refuses_a_missing_checkpoint(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "export_hf.py"), str(tmp_path / "nope"), "--out",
                            str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_eval_all_on_a_smoke_study_feeds_the_tables(sample_dir, tmp_path):
+    """compare.sh (2 arms x 1 seed) -> eval_all.sh on the offline tiny task -> the study's tables show the eval rows,
+    with no --out anywhere: every piece finds the others' files by the study folder alone."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", "scripts/compare.sh", "configs/smoke.py", "--arms", "bpe_tied kronecker", "--seeds",
+                           "1", "--exp", "study", "--runs_dir", str(tmp_path), f"--data_dir={sample_dir}",
+                           "--max_steps=4", "--eval_interval=2", "--ckpt_interval=2"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    study = tmp_path / "study"
+    proc = subprocess.run(["bash", "scripts/eval_all.sh", str(study), "nanokron_tiny_mc", "--device", "cpu"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for run in ("bpe_tied_s1", "kronecker_s1"):
+        res = json.loads((study / "eval" / f"{run}.json").read_text())
+        assert res["step"] == 4 and 0 <= res["tasks"]["nanokron_tiny_mc"]["acc"] <= 1
+        meta = json.loads((study / "exports" / run / "nanokron.json").read_text())
+        assert (meta["experiment"], meta["run"]) == ("study", run)
+    table = (study / "tables" / "loss_table.md").read_text()
+    assert "## Downstream evaluation" in table and "| kronecker |" in table.split("## Downstream evaluation")[1]
