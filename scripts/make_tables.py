@@ -251,11 +251,7 @@ def summarize(runs):
                                 for rows in by_seed.values()}),
             "spikes": {str(s): spikes(rows) for s, rows in sorted(by_seed.items())},
         }
-    return {"arms": arms, "comparisons": summarize_pairs(runs, comparisons(list(runs))), "paper": PAPER}
-
-
-def summarize_pairs(runs, pairs):
-    return [compare(runs, a, r) for a, r in pairs]
+    return {"arms": arms, "comparisons": [compare(runs, a, r) for a, r in comparisons(list(runs))], "paper": PAPER}
 
 
 # -- downstream evaluations (scripts/eval_lm.sh) --------------------------------------------------------------------
@@ -387,7 +383,7 @@ def markdown(summary, title):
     return "\n".join(lines)
 
 
-def plots(runs, out):
+def plots(runs, out, comparisons_done):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -458,18 +454,18 @@ def plots(runs, out):
     fig.savefig(out / "norms.png", dpi=110)
     plt.close(fig)
 
-    pairs = comparisons(list(runs))
+    pairs = [(c["arm"], c["ref"]) for c in comparisons_done]
     if not pairs:  # one arm: nothing to compare
         return
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.8), squeeze=False)
-    for ax, (arm, ref) in zip(axes[0], pairs):
+    for ax, (arm, ref), done in zip(axes[0], pairs, comparisons_done):
         curve = delta_curves(runs, arm, ref)
         x = [t / 1e6 for t, *_ in curve]
         ax.plot(x, [m for _, m, _, _ in curve], color=colors.get(arm))
         ax.fill_between(x, [lo for *_, lo, _ in curve], [hi for *_, hi in curve], color=colors.get(arm), alpha=0.25)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(f"{arm} − {ref}", fontsize=10)
-        spiked = next(c for c in summarize_pairs(runs, [(arm, ref)]))["spiked_seeds"]["ref"]
+        spiked = done["spiked_seeds"]["ref"]
         if spiked:
             ax.text(0.02, 0.02, f"{ref} had unhealthy steps in seeds {', '.join(map(str, spiked))}",
                     transform=ax.transAxes, fontsize=7, color="darkred")
@@ -531,7 +527,7 @@ def main(argv=None):
     (out / "loss_table.md").write_text(markdown(summary, title) + (eval_markdown(summary["eval"]) if evals else ""))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     if not args.no_plots:
-        plots(runs, out)
+        plots(runs, out, summary["comparisons"])
     print((out / "loss_table.md").read_text())
     return summary
 
