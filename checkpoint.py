@@ -1,14 +1,20 @@
-"""Checkpoints: save / read / find / rotate, loading a model for inference, RNG state, and
-the lock that makes a run folder single-writer.
+"""Checkpoints: save / read / verify / find / rotate, loading a model for inference, RNG state, and opening a run
+folder (one writer, nothing of anyone else's overwritten).
 
 A checkpoint (ckpt_<step>.pt) holds everything a run needs to go on exactly where it stopped: model and optimizer
 state, the step, the flat config, every rank's data position and RNG states, and the tokenizer's and data's
 identities. Inference (sample.py, probes, export) needs only this file and model.py.
+
+A checkpoint is data, never code: it holds only tensors and plain values (numbers, strings, lists, dicts), and it is
+read with torch.load(weights_only=True), which refuses anything else, so a planted pickle payload is never run.
+Before a checkpoint is trusted its zip records are checked against their CRC-32 (a flipped bit is caught) and the
+step in its file name must be the step inside.
 """
-import errno
+import io
 import os
+import pickle
 import random
-import socket
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +23,30 @@ import torch
 from config import resume_mismatches
 from model import GPT, GPTConfig
 from tokenizer import RANKS_SHA256
-from util import UserError, atomic_write, warn
+from util import FolderLock, UserError, atomic_write, warn
 
 
 class CheckpointError(UserError):
     """A checkpoint or run folder that cannot be used as asked; the message says what to do."""
 
 
+class UntrustedCheckpoint(CheckpointError):
+    """A checkpoint file that must not be used: damaged, misnamed, or holding objects other than data. A run that
+    owns the folder moves it aside under `suffix`, so it is kept for inspection and never counted again."""
+
+    def __init__(self, msg, suffix=".corrupt"):
+        super().__init__(msg)
+        self.suffix = suffix
+
+
 # -- writing -------------------------------------------------------------------------------------------------------
 
 def save_checkpoint(path, state: dict) -> None:
-    try:
-        atomic_write(path, lambda f: torch.save(state, f))
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CheckpointError(f"no space left on the device writing {path}; the previous checkpoints are "
-                                  f"intact -- free some space and rerun the same command to resume") from None
-        raise
+    """Serialise into memory first, then write the bytes atomically: a full disk is then an OSError from our own
+    write (one error line, the previous checkpoints intact), never an error from inside torch's zip writer."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
 # -- finding and reading -------------------------------------------------------------------------------------------
@@ -48,25 +61,48 @@ def list_checkpoints(out_dir) -> list:
     return sorted(paths, key=step_of)
 
 
-def read_checkpoint(path, map_location="cpu", mmap=False) -> dict:
+_verified = {}  # (path, size, mtime) of checkpoints whose CRCs this process has checked: rotation reads each once
+
+
+def verify_file(path) -> None:
+    """Check every zip record of a checkpoint against its CRC-32 (reads the whole file: about 1 s per GB)."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key in _verified:
+        return
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as e:
+        raise UntrustedCheckpoint(f"checkpoint {path} is not a complete checkpoint file ({type(e).__name__}: "
+                                  f"{str(e)[:80]})") from None
+    if bad is not None:
+        raise UntrustedCheckpoint(f"checkpoint {path} is damaged: record {bad} fails its CRC check (a changed or "
+                                  f"flipped byte)")
+    _verified[key] = True
+
+
+def read_checkpoint(path, map_location="cpu", mmap=False) -> dict:
+    """A verified checkpoint's contents. Raises UntrustedCheckpoint for a damaged, misnamed or unsafe file."""
+    verify_file(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise UntrustedCheckpoint(f"checkpoint {path} holds pickled objects other than tensors and plain data "
+                                  f"({str(e).splitlines()[-1][:100] if str(e) else 'refused'}); loading it could "
+                                  f"run code, so nanokron refuses it (a checkpoint written before checkpoints were "
+                                  f"data-only cannot be resumed either)", suffix=".unsafe") from None
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:80]})") from None
+        raise UntrustedCheckpoint(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:80]})") from None
     missing = [k for k in ("model", "step", "model_args") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is not a nanokron checkpoint (no {', '.join(missing)}); pass a ckpt_*.pt "
                               f"written by train.py")
+    name = Path(path).name
+    if name.startswith("ckpt_") and name[5:-3].isdigit() and step_of(path) != ckpt["step"]:
+        raise UntrustedCheckpoint(f"checkpoint {path} holds step {ckpt['step']} but its name says step "
+                                  f"{step_of(path)}: a renamed or copied-in file", suffix=".misnamed")
     return ckpt
-
-
-def is_readable(path) -> bool:
-    """Does the checkpoint load? (memory-mapped: checks the file's structure without reading every tensor)"""
-    try:
-        read_checkpoint(path, mmap=True)
-        return True
-    except CheckpointError:
-        return False
 
 
 def move_aside(path, why: str, suffix: str) -> Path:
@@ -77,11 +113,11 @@ def move_aside(path, why: str, suffix: str) -> Path:
 
 
 def latest_checkpoint(out_dir, move_unreadable=False):
-    """(path, checkpoint) of the newest readable checkpoint, or (None, None) if the folder has none.
+    """(path, checkpoint) of the newest trustworthy checkpoint, or (None, None) if the folder has none.
 
-    An unreadable newer one is skipped with a warning; with move_unreadable (the run that owns the folder) it is
-    renamed *.corrupt so that it can never count as the newest again. If checkpoints exist but none is readable,
-    that is an error: starting over would overwrite the run."""
+    A damaged, misnamed or unsafe newer one is skipped with a warning; with move_unreadable (the run that owns the
+    folder) it is renamed (*.corrupt, *.misnamed, *.unsafe) so that it can never count as the newest again. If
+    checkpoints exist but none can be used, that is an error: starting over would overwrite the run."""
     paths = list_checkpoints(out_dir)
     bad = []
     for path in reversed(paths):
@@ -92,25 +128,28 @@ def latest_checkpoint(out_dir, move_unreadable=False):
             continue
         for p, e in bad:
             if move_unreadable:
-                move_aside(p, "is unreadable", ".corrupt")
+                warn(str(e))
+                move_aside(p, "cannot be used", getattr(e, "suffix", ".corrupt"))
             else:
                 warn(f"{e}; using an earlier checkpoint")
         return path, ckpt
     if paths:
-        raise CheckpointError(f"no readable checkpoint in {out_dir} ({len(paths)} corrupt: "
-                              f"{', '.join(p.name for p in paths)}); move them away to start the run over")
+        raise CheckpointError(f"no usable checkpoint in {out_dir} ({'; '.join(str(e) for _, e in bad)[:300]}); "
+                              f"move them away to start the run over")
     return None, None
 
 
 def rotate(out_dir, keep: int, protect=None) -> None:
-    """Keep the `keep` newest readable checkpoints, and the one named `protect` (the newest known to precede a
-    healthy step) whatever its age. Unreadable ones are moved aside, never counted, never kept as 'newest'."""
+    """Keep the `keep` newest trustworthy checkpoints, and the one named `protect` (the newest known to precede a
+    healthy step) whatever its age. Untrustworthy ones are moved aside, never counted, never kept as 'newest'."""
     readable = []
     for path in reversed(list_checkpoints(out_dir)):
-        if is_readable(path):
+        try:
+            read_checkpoint(path, mmap=True)
             readable.append(path)
-        else:
-            move_aside(path, "is unreadable", ".corrupt")
+        except CheckpointError as e:
+            warn(str(e))
+            move_aside(path, "cannot be used", getattr(e, "suffix", ".corrupt"))
     for path in readable[keep:]:
         if path.name != protect:
             path.unlink()
@@ -143,6 +182,16 @@ def load_checkpoint(path, device="cpu"):
 
 # -- resuming ---------------------------------------------------------------------------------------------------------
 
+def same_data(saved, now) -> bool:
+    """Do two data identities describe the same shards? (checkpoints of older versions hashed only each shard's
+    first MiB, 16 hex digits: for those, names and token counts are compared)"""
+    if saved is None:
+        return True
+    if any(len(s) == 3 and len(str(s[2])) == 16 for s in saved):
+        return [s[:2] for s in saved] == [n[:2] for n in now]
+    return saved == now
+
+
 def check_resume(ckpt, path, cfg, data_id, world):
     """Refuse a checkpoint this run cannot continue: one line naming every field that differs."""
     diff = resume_mismatches(ckpt.get("config", {}), cfg)
@@ -151,7 +200,7 @@ def check_resume(ckpt, path, cfg, data_id, world):
                               f"values or a new out_dir (fields that may change on resume: see config.RESUMABLE)")
     if ckpt.get("tokenizer_sha256") != RANKS_SHA256:
         raise CheckpointError(f"checkpoint {path} was trained with another tokenizer; use a new out_dir")
-    if ckpt.get("data_identity") not in (None, data_id):
+    if not same_data(ckpt.get("data_identity"), data_id):
         raise CheckpointError(f"the shards in {cfg.data_dir} are not the ones {path} was trained on; point "
                               f"--data_dir at the original data or use a new out_dir")
     if len(ckpt["loader"]) != world:
@@ -159,69 +208,55 @@ def check_resume(ckpt, path, cfg, data_id, world):
                               f"resume with --nproc_per_node={len(ckpt['loader'])}")
 
 
-# -- RNG state -----------------------------------------------------------------------------------------------------
+# -- RNG state (as tensors and plain values, so a checkpoint stays data) ---------------------------------------------
 
 def capture_rng(device: torch.device) -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    np_state = np.random.get_state(legacy=False)
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                                            "pos": int(np_state["state"]["pos"])}},
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def restore_rng(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    np_state = state["numpy"]
+    np.random.set_state({**np_state, "state": {"key": np_state["state"]["key"].numpy().astype(np.uint32),
+                                               "pos": np_state["state"]["pos"]}})
     random.setstate(state["python"])
     if state.get("cuda") is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-# -- one writer per run folder -------------------------------------------------------------------------------------
+# -- opening a run folder -------------------------------------------------------------------------------------------
 
-class RunLock:
-    """An exclusive lock on out_dir/.lock for the life of the run. It is an OS lock (flock): the kernel drops it
-    when the process dies, so `kill -9` leaves no stale lock. On NFS it needs a lock manager (NFSv4 has one).
-    Platforms without fcntl (Windows) run without it."""
-
-    def __init__(self, out_dir):
-        self.file = None
-        try:
-            import fcntl
-        except ImportError:
-            return
-        f = open(Path(out_dir) / ".lock", "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "an unknown process"
-            f.close()
-            raise CheckpointError(f"out_dir {out_dir} is in use by another training run ({holder}); wait for it "
-                                  f"to finish, stop it, or pass another --out_dir") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on host {socket.gethostname()}")
-        f.flush()
-        self.file = f
-
-    def release(self):
-        if self.file is not None:
-            self.file.close()  # closing the descriptor drops the flock
-            self.file = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
+RUN_FILES = ("config.json", "metrics.jsonl", "wandb_id.txt", "wandb")  # what a fresh start writes or replaces
 
 
-def open_run_dir(out_dir: Path) -> RunLock:
-    """Create out_dir, take its lock (one writer per run folder), clear temp files of a killed save."""
+def open_run_dir(out_dir: Path, force=False) -> FolderLock:
+    """Create out_dir, take its lock (one writer per run folder), clear temp files of a killed save.
+
+    A folder that a training run has used holds `.lock` (created here, never committed or exported). A folder
+    without it that holds files a fresh start would overwrite -- a copy of a committed run, a Hugging Face export --
+    is someone else's: refused unless `force`."""
+    if str(out_dir) in ("", "."):
+        raise CheckpointError("out_dir is empty: pass a folder for the run, e.g. --out_dir=runs/my_run")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"out_dir {out_dir} is a file; pass a folder")
+    if out_dir.is_dir() and not (out_dir / ".lock").exists() and not force:
+        theirs = [n for n in RUN_FILES if (out_dir / n).exists()]
+        if theirs:
+            raise CheckpointError(f"out_dir {out_dir} holds {', '.join(theirs)} but no run of this repo ever used "
+                                  f"it; a fresh start would overwrite them. Pass another --out_dir, or --force=true "
+                                  f"to start over there")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(out_dir)
     except OSError as e:
-        raise CheckpointError(f"out_dir {out_dir} is not writable ({e.strerror or e}); pass a writable --out_dir") \
-            from None
+        raise CheckpointError(f"out_dir {out_dir} cannot be created ({e.strerror or e}); pass a writable "
+                              f"--out_dir") from None
+    if not os.access(out_dir, os.W_OK):
+        raise CheckpointError(f"out_dir {out_dir} is not writable; pass a writable --out_dir")
+    lock = FolderLock(out_dir, "training run")
     for stale in out_dir.glob(".*.tmp"):  # atomic_write temp files; only the lock holder writes here: dead
         stale.unlink()
     return lock

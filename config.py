@@ -12,6 +12,7 @@ and adds the rest. On the command line and in files both kinds are flat keys.
 import ast
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +21,13 @@ from model import GPTConfig
 from util import ROOT, UserError
 
 
-def opt(default, resumable=False, choices=None, positive=False):
-    """A config field with what the loader checks: `choices` (allowed values), `positive` (>= 1), and whether a
-    resumed run may change it (`resumable`: how long and how fast the run goes on, how it is watched, where it
-    runs; everything else is what the run *is* and must match the checkpoint)."""
-    return field(default=default, metadata={"resumable": resumable, "choices": choices, "positive": positive})
+def opt(default, resumable=False, choices=None, at_least=None, above=None, below=None):
+    """A config field with what the loader checks: `choices` (allowed values), a range (`at_least` <= value, `above` <
+    value, value < `below`; every float must be finite), and whether a resumed run may change it (`resumable`: how
+    long and how fast the run goes on, how it is watched, where it runs; everything else is what the run *is* and
+    must match the checkpoint)."""
+    return field(default=default, metadata={"resumable": resumable, "choices": choices,
+                                            "range": (at_least, above, below)})
 
 
 @dataclass
@@ -37,33 +40,35 @@ class TrainConfig:
     # batch: total_batch_size tokens per optimizer step = batch_size * block_size * world * grad_accum.
     # batch_size may change on resume: a step's tokens do not depend on how it is split into micro-batches
     # (data.ShardLoader); only float rounding does.
-    batch_size: int = opt(16, resumable=True, positive=True)
-    total_batch_size: int = opt(524288, positive=True)
+    batch_size: int = opt(16, resumable=True, at_least=1)
+    total_batch_size: int = opt(524288, at_least=1)
     shuffle: bool = True  # the seed also picks the order of training steps' data (the same for every arm)
     # optimizer and schedule (linear warmup, cosine to min_lr at lr_decay_steps, then flat)
-    learning_rate: float = opt(6e-4, resumable=True)
-    min_lr: float = opt(6e-5, resumable=True)
-    warmup_steps: int = opt(715, resumable=True)
-    max_steps: int = opt(4768, resumable=True, positive=True)
-    lr_decay_steps: int = opt(0, resumable=True)  # 0 = max_steps
-    weight_decay: float = opt(0.1, resumable=True)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = opt(1.0, resumable=True)
+    learning_rate: float = opt(6e-4, resumable=True, above=0)
+    min_lr: float = opt(6e-5, resumable=True, at_least=0)
+    warmup_steps: int = opt(715, resumable=True, at_least=0)
+    max_steps: int = opt(4768, resumable=True, at_least=1)
+    lr_decay_steps: int = opt(0, resumable=True, at_least=0)  # 0 = max_steps
+    weight_decay: float = opt(0.1, resumable=True, at_least=0)
+    beta1: float = opt(0.9, at_least=0, below=1)
+    beta2: float = opt(0.95, at_least=0, below=1)
+    grad_clip: float = opt(1.0, resumable=True, at_least=0)
     # 'stop' the run on a non-finite loss/grad norm, or 'skip' that step (counted)
     nonfinite: str = opt("stop", resumable=True, choices=("stop", "skip"))
     # evaluation, logging, checkpoints
-    eval_interval: int = opt(250, resumable=True, positive=True)
-    val_tokens: int = 10485760
+    eval_interval: int = opt(250, resumable=True, at_least=1)
+    val_tokens: int = opt(10485760, at_least=1)
     # the last eval's val tokens (0: val_tokens): a study's endpoint on a larger val set than the curves use; more
     # than the split holds = every full batch of it
-    final_val_tokens: int = opt(0, resumable=True)
-    log_interval: int = opt(10, resumable=True, positive=True)
-    norm_interval: int = opt(50, resumable=True, positive=True)
-    ckpt_interval: int = opt(500, resumable=True, positive=True)
-    keep_checkpoints: int = opt(3, resumable=True, positive=True)
+    final_val_tokens: int = opt(0, resumable=True, at_least=0)
+    log_interval: int = opt(10, resumable=True, at_least=1)
+    norm_interval: int = opt(50, resumable=True, at_least=1)
+    ckpt_interval: int = opt(500, resumable=True, at_least=1)
+    keep_checkpoints: int = opt(3, resumable=True, at_least=1)
     progress: bool = opt(True, resumable=True)  # tqdm bar on rank 0
-    seed: int = 1337
+    # start over in an out_dir that holds files of something else (a copied run, an export): they are overwritten
+    force: bool = opt(False, resumable=True)
+    seed: int = opt(1337, at_least=0)
     # runtime
     device: str = opt("auto", resumable=True)  # auto | cpu | cuda | cuda:N | mps
     # auto (bf16 autocast where the GPU has bf16, else fp32) | float32 | bfloat16
@@ -96,8 +101,17 @@ TYPES = {**typing.get_type_hints(GPTConfig), **typing.get_type_hints(TrainConfig
 TYPES.pop("model")
 FIELDS = {f.name: f for f in dataclasses.fields(GPTConfig) + dataclasses.fields(TrainConfig) if f.name != "model"}
 CHOICES = {k: f.metadata["choices"] for k, f in FIELDS.items() if f.metadata.get("choices")}
-POSITIVE = tuple(k for k, f in FIELDS.items() if f.metadata.get("positive"))
+RANGES = {k: f.metadata["range"] for k, f in FIELDS.items() if f.metadata.get("range", (None,) * 3) != (None,) * 3}
 RESUMABLE = tuple(k for k, f in FIELDS.items() if f.metadata.get("resumable"))
+
+
+MAX_CONFIG_BYTES = 65536
+
+
+def _short(value) -> str:
+    """repr of a value for an error line, cut so that a huge value cannot make a huge line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text):,} characters)"
 
 
 def _closest(key):
@@ -115,12 +129,20 @@ def _typed(name, value, where):
     elif typ is int and isinstance(value, float) and value == int(value):
         value = int(value)
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise UserError(f"{where}bad value {value!r} for {name}: expected {typ.__name__}")
+        raise UserError(f"{where}bad value {_short(value)} for {name}: expected {typ.__name__}")
+    if typ is float and not math.isfinite(value):
+        raise UserError(f"{where}bad value {value!r} for {name}: must be a finite number")
+    low, above, below = RANGES.get(name, (None, None, None))
+    if (low is not None and value < low) or (above is not None and value <= above) or \
+            (below is not None and value >= below):
+        need = " and ".join(w for w in (low is not None and f">= {low}", above is not None and f"> {above}",
+                                        below is not None and f"< {below}") if w)
+        raise UserError(f"{where}bad value {value!r} for {name}: must be {need}")
     if name in CHOICES and value not in CHOICES[name]:
         if name == "dtype" and value == "float16":
             raise UserError(f"{where}dtype=float16 is not supported: without loss scaling small gradients "
                             f"underflow; use bfloat16 (A100/H100/RTX 30xx and newer) or float32 (V100, T4)")
-        raise UserError(f"{where}bad value {value!r} for {name}: choose one of {', '.join(CHOICES[name])}")
+        raise UserError(f"{where}bad value {_short(value)} for {name}: choose one of {', '.join(CHOICES[name])}")
     return value
 
 
@@ -131,7 +153,7 @@ def _from_string(name, raw, typ, where):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise UserError(f"{where}bad value {raw!r} for {name}: expected true or false")
+        raise UserError(f"{where}bad value {_short(raw)} for {name}: expected true or false")
     try:
         if typ is int:
             f = float(raw)  # allow 1e6 / 2.5e9 but not 1.5
@@ -140,7 +162,7 @@ def _from_string(name, raw, typ, where):
             return int(f)
         return typ(raw)
     except (TypeError, ValueError, OverflowError):
-        raise UserError(f"{where}bad value {raw!r} for {name}: expected {typ.__name__}") from None
+        raise UserError(f"{where}bad value {_short(raw)} for {name}: expected {typ.__name__}") from None
 
 
 def read_config_file(path: Path, depth=0) -> dict:
@@ -148,8 +170,14 @@ def read_config_file(path: Path, depth=0) -> dict:
     if not path.is_file():
         known = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
         raise UserError(f"config file {path} not found; available in configs/: {', '.join(known)}")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {path} is {size:,} bytes; a config file is a few `key = value` lines (at most "
+                        f"{MAX_CONFIG_BYTES:,} bytes) -- is it the right file?")
     try:
         tree = ast.parse(path.read_bytes().decode("utf-8"), filename=str(path))
+    except (RecursionError, MemoryError):
+        raise UserError(f"config file {path} nests too deeply to be read; lines are `key = value`") from None
     except UnicodeDecodeError as e:
         raise UserError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except SyntaxError as e:
@@ -164,7 +192,7 @@ def read_config_file(path: Path, depth=0) -> dict:
         key = node.targets[0].id
         try:
             value = ast.literal_eval(node.value)
-        except ValueError:
+        except (ValueError, TypeError, RecursionError, MemoryError):
             raise UserError(f"{where}the value of {key} must be a literal (number, string, True/False), "
                             f"not an expression") from None
         if key == "base":
@@ -188,14 +216,11 @@ def load_config(argv) -> TrainConfig:
     values = read_config_file(Path(args.pop(0))) if args and not args[0].startswith("--") else {}
     for a in args:
         if not a.startswith("--") or "=" not in a:
-            raise UserError(f"bad argument {a!r}: overrides are --key=value (e.g. --max_steps=100)")
+            raise UserError(f"bad argument {_short(a)}: overrides are --key=value (e.g. --max_steps=100)")
         k, v = a[2:].split("=", 1)
         if k not in TYPES:
             raise UserError(f"unknown config key '{k}'{_closest(k)}")
         values[k] = _typed(k, v, "")
-    for k in POSITIVE:
-        if k in values and values[k] < 1:
-            raise UserError(f"bad value {values[k]} for {k}: must be >= 1")
     try:
         return TrainConfig.from_dict(values)
     except ValueError as e:  # GPTConfig's validation of the model fields

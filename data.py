@@ -6,6 +6,9 @@ public pre-tokenized `finewebedu10B-gpt2` shards, which therefore load unchanged
 """
 import glob
 import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from util import UserError, atomic_write
 
 MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
 HEADER_BYTES = HEADER_INTS * 4
+EOT, N_REAL = 50256, 50257  # GPT-2's <|endoftext|> and its number of real tokens (ids above are padding rows)
 
 
 class DataError(UserError):
@@ -45,12 +49,41 @@ def read_header(path) -> int:
     return count
 
 
-def shard_is_valid(path) -> bool:
+def file_sha256(path) -> str:
+    """sha256 of a whole file, read in 8 MiB pieces (hashlib releases the GIL: threads hash shards in parallel)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 23):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shard_is_valid(path, sha256=None) -> bool:
+    """Header and size consistent, and (when a hash was recorded) the content unchanged."""
     try:
         read_header(path)
-        return True
+        return sha256 is None or file_sha256(path) == sha256
     except (DataError, OSError):
         return False
+
+
+def check_tokens(path, tokens) -> None:
+    """What a GPT-2 shard must hold: a document start first, real token ids only, and not the halves of 32-bit ids
+    (uint32 tokens behind a header that counts them as twice as many uint16 ones: every second value is 0)."""
+    if not len(tokens):
+        return
+    if int(tokens[0]) != EOT:
+        raise DataError(f"shard {path} does not start with <|endoftext|> ({EOT}) but with {int(tokens[0])}: not a "
+                        f"GPT-2 shard of this format (every document starts with it); regenerate it with "
+                        f"prepare_fineweb.py")
+    odd = np.asarray(tokens[1:1 << 17:2])
+    if len(odd) >= 64 and not odd.any():
+        raise DataError(f"shard {path}: every second token is 0, as when 32-bit token ids are read as 16-bit ones; "
+                        f"regenerate it with prepare_fineweb.py (uint16 tokens)")
+    top = int(tokens.max())
+    if top >= N_REAL:
+        raise DataError(f"shard {path} holds token id {top} >= {N_REAL} (GPT-2 has {N_REAL} tokens; higher ids are "
+                        f"padding rows): made with another tokenizer; regenerate it with prepare_fineweb.py")
 
 
 def load_tokens(path) -> np.ndarray:
@@ -73,25 +106,52 @@ def write_shard(path, tokens) -> None:
     atomic_write(path, write)
 
 
+def read_meta(data_dir):
+    """prepare_fineweb.py's meta.json of a data folder, or None (e.g. public pre-tokenized shards)."""
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        assert isinstance(meta["shards"], list)
+        return meta
+    except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
+        raise DataError(f"{path} is damaged (not the JSON prepare_fineweb.py writes); rerun prepare_fineweb.py on "
+                        f"that folder, or delete meta.json to read every shard there") from None
+
+
 def data_identity(data_dir) -> list:
-    """What a run's data is, cheaply: [name, token count, sha256 of the first MiB] per shard. A resume compares it,
-    so a run never silently continues on other data placed under the same folder name."""
-    out = []
-    for split in ("train", "val"):
-        for f in find_shards(data_dir, split):
-            with open(f, "rb") as fh:
-                head = hashlib.sha256(fh.read(2 ** 20)).hexdigest()[:16]
-            out.append([f.name, read_header(f), head])
-    return out
+    """What a run's data is: [name, token count, sha256 of the whole file] per shard, hashed in parallel (about
+    2 s per GB on one core; results/bench/shard_hash.md). A start checks the hashes against the ones meta.json
+    recorded when the shards were written, and a resume compares the whole identity with the checkpoint's, so a
+    run never goes on over changed or other data under the same folder name."""
+    files = [f for split in ("train", "val") for f in find_shards(data_dir, split)]
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        hashes = list(pool.map(file_sha256, files))
+    recorded = (read_meta(data_dir) or {}).get("sha256", {})
+    for f, h in zip(files, hashes):
+        if recorded.get(f.name, h) != h:
+            raise DataError(f"shard {f} has changed since prepare_fineweb.py wrote it (its sha256 differs from "
+                            f"meta.json's); rerun prepare_fineweb.py on {data_dir}: it rewrites damaged shards")
+    return [[f.name, read_header(f), h] for f, h in zip(files, hashes)]
 
 
 def find_shards(data_dir, split: str) -> list:
-    """Sorted .bin shards of a split ('train' / 'val') in data_dir; one clear error if there are none."""
+    """The .bin shards of a split ('train' / 'val') in data_dir: exactly those meta.json lists when prepare wrote
+    the folder (nothing else lying there is read), else every *split*.bin, sorted. One clear error if none."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"data_dir {data_dir} does not exist; create it with "
                         f"`python prepare_fineweb.py --source sample --out_dir {data_dir}`")
-    files = sorted(p for p in glob.glob(str(data_dir / f"*{split}*.bin")))
+    meta = read_meta(data_dir)
+    if meta is not None:
+        files = [str(data_dir / name) for name in meta["shards"] if f"_{split}_" in name]
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            raise DataError(f"shard {missing[0]} is listed in {data_dir / 'meta.json'} but missing; rerun "
+                            f"prepare_fineweb.py on {data_dir} (it resumes)")
+    else:
+        files = sorted(p for p in glob.glob(str(data_dir / f"*{split}*.bin")))
     if not files:
         raise DataError(f"no '{split}' shards (*{split}*.bin) in {data_dir}; create them with "
                         f"`python prepare_fineweb.py --source sample --out_dir {data_dir}`")
@@ -115,10 +175,10 @@ class ShardLoader:
     state_dict()/load_state_dict() resume at exactly the next window.
     """
 
-    def __init__(self, data_dir, split, B, T, rank=0, world_size=1, shuffle=False, seed=0, vocab_size=None, accum=1):
+    def __init__(self, data_dir, split, B, T, rank=0, world_size=1, shuffle=False, seed=0, accum=1):
         self.files = find_shards(data_dir, split)
         self.split, self.B, self.T, self.rank, self.world, self.accum = split, B, T, rank, world_size, accum
-        self.shuffle, self.seed, self.vocab_size = shuffle, seed, vocab_size
+        self.shuffle, self.seed = shuffle, seed
         self.window = B * T
         self.per_block = world_size * accum  # windows per optimizer step
         self.counts = [read_header(f) for f in self.files]
@@ -152,11 +212,7 @@ class ShardLoader:
     def _load(self, shard):
         if self._tokens_index != shard:
             tokens = load_tokens(self.files[shard])
-            # checked once per shard load (~0.1 s per 100M tokens), so a bad id fails early wherever it sits
-            if self.vocab_size is not None and len(tokens) and int(tokens.max()) >= self.vocab_size:
-                raise DataError(f"shard {self.files[shard]} holds token id {int(tokens.max())} >= vocab_size "
-                                f"{self.vocab_size}: made with another tokenizer; regenerate it with "
-                                f"prepare_fineweb.py")
+            check_tokens(self.files[shard], tokens)  # once per shard load (~0.1 s per 100M tokens)
             self._tokens, self._tokens_index = tokens, shard
             self._order = self._block_order(shard)
         return self._tokens
@@ -206,12 +262,12 @@ class ShardLoader:
         self._tokens_index = None
 
 
-def val_batches(data_dir, B, T, rank, world_size, val_tokens, vocab_size=None):
+def val_batches(data_dir, B, T, rank, world_size, val_tokens):
     """The fixed validation set: the first `val_tokens` tokens' worth of windows, split over ranks.
 
     Returns (loader, steps). Every eval starts from the same windows, so val losses are comparable across runs.
     """
-    loader = ShardLoader(data_dir, "val", B, T, rank, world_size, vocab_size=vocab_size)
+    loader = ShardLoader(data_dir, "val", B, T, rank, world_size)
     per_step = B * T * world_size
     available = sum(loader.n_blocks) * per_step
     steps = min(val_tokens, available) // per_step

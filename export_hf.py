@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from checkpoint import load_checkpoint, resolve_checkpoint
 from tokenizer import EOT, N_VOCAB, RANKS_PATH, RANKS_SHA256, get_encoding
-from util import git_commit
+from util import UserError, git_commit, make_dir
 
 SPECIAL = "<|endoftext|>"
 
@@ -123,8 +123,7 @@ def export(ckpt_path, out_dir, dtype="float32"):
     from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
     model, ckpt = load_checkpoint(ckpt_path)
     cfg = model.config
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out_dir)
     hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
                         n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=4 * cfg.n_embd,
                         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -173,7 +172,7 @@ def main(argv=None):
     try:
         path = resolve_checkpoint(args.checkpoint)
         model, out = export(path, args.out, args.dtype)
-    except CheckpointError as e:
+    except UserError as e:  # a bad checkpoint, an --out that cannot be written
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except ImportError as e:

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data import DataError, read_header, shard_is_valid, write_shard
+from data import DataError, file_sha256, read_header, shard_is_valid, write_shard
 from tokenizer import EOT, RANKS_SHA256, get_encoding
-from util import UserError, atomic_write
+from util import FolderLock, UserError, atomic_write, make_dir
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_PATH = ROOT / "data" / "sample" / "austen.jsonl.gz"
@@ -259,7 +259,8 @@ class ShardWriter:
             n = sum(len(p) for p in parts)
             self.total += n
             at = (self.buf[0][0], self.buf[0][1]) if self.buf else (next_doc, 0)  # the first token not in a shard
-            self.kept.append({"file": path.name, "tokens": n, "next_doc": at[0], "next_offset": at[1],
+            self.kept.append({"file": path.name, "tokens": n, "sha256": file_sha256(path),
+                              "next_doc": at[0], "next_offset": at[1],
                               "train_docs": train_docs - sum(1 for c in self.buf if c[1] == 0)})
             self.progress["train_shards"] = self.kept
             write_json(self.progress_path, self.progress)
@@ -277,6 +278,25 @@ def read_progress(path, identity):
                            f"to start over") from None
 
 
+def complete(out_dir, identity):
+    """meta.json of a finished folder whose every shard still has the content it was written with, else None."""
+    if not out_dir.is_dir():
+        return None
+    check_out_dir(out_dir, identity)
+    if not (out_dir / "meta.json").is_file():
+        return None
+    meta = json.loads((out_dir / "meta.json").read_text())
+    hashes = meta.get("sha256", {})
+    damaged = [s for s in meta["shards"] if not shard_is_valid(out_dir / s, hashes.get(s))]
+    if damaged:
+        print(f"{out_dir}: {len(damaged)} shard(s) changed or missing since they were written ({damaged[0]}, ...); "
+              f"rewriting from the last intact one")
+        return None
+    print(f"{out_dir}: already complete ({meta['tokens']['train']:,} train + {meta['tokens']['val']:,} val tokens, "
+          f"every shard's sha256 checked); nothing to do")
+    return meta
+
+
 def prepare(args):
     out_dir = Path(args.out_dir)
     src_name = args.source[0] if len(args.source) == 1 and args.source[0] in ("sample", "fineweb-edu") else "local"
@@ -286,14 +306,19 @@ def prepare(args):
                 "val_tokens": args.val_tokens, "shard_tokens": args.shard_tokens, "max_tokens": args.max_tokens}
     if out_dir.exists() and not out_dir.is_dir():
         raise PrepareError(f"--out_dir {out_dir} is a file; pass a folder")
-    if out_dir.is_dir():
-        check_out_dir(out_dir, identity)
-        if (out_dir / "meta.json").is_file():
-            meta = json.loads((out_dir / "meta.json").read_text())
-            if all(shard_is_valid(out_dir / s) for s in meta["shards"]):
-                print(f"{out_dir}: already complete ({meta['tokens']['train']:,} train + {meta['tokens']['val']:,} "
-                      f"val tokens); nothing to do")
-                return meta
+    if meta := complete(out_dir, identity):
+        return meta
+    docs = open_stream(args.source, args.name, args.text_column)  # fails (offline, bad input) before any write
+    make_dir(out_dir)
+    with FolderLock(out_dir, "prepare_fineweb.py run"):  # one writer; a second prepare on the folder stops at once
+        for stale in out_dir.glob(".*.tmp"):  # temp files of a killed writer
+            stale.unlink()
+        if meta := complete(out_dir, identity):  # another run may have finished it while this one started
+            return meta
+        return write_shards(args, out_dir, identity, src_name, docs)
+
+
+def write_shards(args, out_dir, identity, src_name, docs):
     prefix = {"sample": "sample", "fineweb-edu": "edufineweb"}.get(src_name, "local")
 
     # resume point: the last train shard that is complete, valid, and has its stream position recorded
@@ -301,7 +326,8 @@ def prepare(args):
     progress = read_progress(progress_path, identity)
     resume = None
     for rec in progress["train_shards"]:
-        if shard_is_valid(out_dir / rec["file"]) and shard_is_valid(out_dir / progress.get("val_file", "-")):
+        if shard_is_valid(out_dir / rec["file"], rec.get("sha256")) and \
+                shard_is_valid(out_dir / progress.get("val_file", "-"), progress.get("val_sha256")):
             resume = rec
         else:
             break
@@ -315,8 +341,6 @@ def prepare(args):
         start_doc, start_offset, train_docs = 0, 0, 0
         progress = {"identity": identity, "train_shards": []}
 
-    docs = open_stream(args.source, args.name, args.text_column)  # fails (offline, bad input) before any write
-    out_dir.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out_dir, prefix, args.shard_tokens, progress, progress_path, kept)
     val_buf, val_count, next_doc, skipped = [], 0, start_doc, {}
     t0 = time.time()
@@ -372,6 +396,7 @@ def prepare(args):
         "documents": {"train": train_docs, "val": progress["val_docs"]}, "skipped_documents": skipped,
         "tokens": {"train": writer.total, "val": read_header(out_dir / val_file)},
         "shards": [val_file] + [r["file"] for r in writer.kept],
+        "sha256": {val_file: progress["val_sha256"], **{r["file"]: r["sha256"] for r in writer.kept}},
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "seconds": round(time.time() - t0, 1),
     }
@@ -387,7 +412,7 @@ def finish_val(out_dir, prefix, val_buf, cut, progress, val_end_doc, val_docs):
         flat = flat[:int(cut)]
     path = shard_name(out_dir, prefix, "val", 0)
     write_shard(path, flat)
-    progress.update(val_file=path.name, val_end_doc=val_end_doc, val_docs=val_docs)
+    progress.update(val_file=path.name, val_sha256=file_sha256(path), val_end_doc=val_end_doc, val_docs=val_docs)
 
 
 def write_json(path, obj):
@@ -426,7 +451,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         prepare(args)
-    except (PrepareError, DataError) as e:
+    except UserError as e:  # PrepareError, DataError, a folder that cannot be written
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)

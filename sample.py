@@ -10,6 +10,8 @@ import torch
 from checkpoint import CheckpointError, load_checkpoint
 from tokenizer import get_encoding
 
+BATCH = 16  # samples generated at once
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,27 +31,37 @@ def main(argv=None):
                            ("top_k", args.top_k >= 0, ">= 0 (0 = off)"),
                            ("top_p", 0 < args.top_p <= 1, "in (0, 1]")]:
         if not ok:
-            print(f"error: --{name} {getattr(args, name)} is invalid: it must be {need}", file=sys.stderr)
-            sys.exit(2)
+            fail(f"--{name} {getattr(args, name)} is invalid: it must be {need}")
+    if not args.prompt:
+        fail("--prompt is empty: pass some text to continue, or '<|endoftext|>' to start a new document")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as e:  # no such device here (no CUDA build, no GPU, a typo)
+        fail(f"--device {device} cannot be used here ({str(e).splitlines()[0][:100]}); pass --device cpu or auto")
+    try:
         model, ckpt = load_checkpoint(args.checkpoint, device=device)
-    except (CheckpointError, RuntimeError) as e:  # RuntimeError: a device that does not exist here
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except CheckpointError as e:
+        fail(str(e))
     enc = get_encoding()
     ids = enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
-    x = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    out = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, generator=gen)
     print(f"# {model.config.input_embedding}, step {ckpt['step']}")
     texts = []
-    for row in out.tolist():
-        texts.append(enc.decode(row))
-        print(texts[-1])
-        print("-" * 60)
+    for start in range(0, args.num_samples, BATCH):  # a bounded batch: memory does not grow with --num_samples
+        x = torch.tensor([ids] * min(BATCH, args.num_samples - start), dtype=torch.long, device=device)
+        out = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p, generator=gen)
+        for row in out.tolist():
+            texts.append(enc.decode(row))
+            print(texts[-1])
+            print("-" * 60, flush=True)
     return texts
+
+
+def fail(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from data import ShardLoader, data_identity, val_batches
 from model import GPT
 from runtime import Runtime, param_spread, peak_flops_entry, setup_runtime
 from tokenizer import RANKS_SHA256
-from util import UserError, atomic_write, git_commit
+from util import UserError, atomic_write, git_commit, warn, write_error
 
 
 # -- the pieces of a step (bench/train_step.py and scripts/gpu_check.py use them too) ------------------------------
@@ -153,7 +153,16 @@ class Metrics:
         if not master:
             return
         if resume_step is not None and self.path.exists():  # drop events after the checkpoint we resume from
-            rows = [r for r in map(_parse_row, self.path.read_text().splitlines()) if r and r["step"] <= resume_step]
+            lines = self.path.read_text(errors="replace").splitlines()
+            parsed = [(line, _parse_row(line)) for line in lines if line.strip()]
+            bad = [line for line, r in parsed if r is None]
+            if bad:  # kept, never deleted: a torn last line after kill -9 is expected, one in the middle is not
+                with open(self.path.with_name(self.path.name + ".bad"), "a") as f:
+                    f.write("".join(line + "\n" for line in bad))
+                middle = [line for line, r in parsed[:-1] if r is None]
+                (warn if middle else lambda m: None)(
+                    f"{len(middle)} unreadable row(s) in the middle of {self.path}; kept in {self.path.name}.bad")
+            rows = [r for _, r in parsed if r and r["step"] <= resume_step]
             atomic_write(self.path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
@@ -177,8 +186,11 @@ class Metrics:
     def log(self, step, **values):
         if not self.master:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **values}) + "\n")
+        except OSError as e:  # a full disk: one line; the checkpoints and earlier rows are intact
+            raise write_error(e, self.path) from None
         if self.wandb is not None:
             self.wandb.log(values, step=step)
 
@@ -261,6 +273,7 @@ class Health:
                 self.last_good, self.pending = self.pending, None
             return None
         self.bad_run += 1
+        self.pending = None  # the checkpoint before an unhealthy step is not known to be good, and never will be
         return why
 
     def saved(self, name):
@@ -292,14 +305,23 @@ def save(out_dir, step, raw, optimizer, cfg, rt, loader_state, extra):
         dist.all_gather_object(loaders, loader_state)
         dist.all_gather_object(rngs, capture_rng(rt.device))
     path = Path(out_dir) / f"ckpt_{step:07d}.pt"
+    failed = None
     if rt.master:
         state = {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "model_args": dataclasses.asdict(raw.config), "config": cfg.to_dict(), "loader": loaders, "rng": rngs,
                  "tokenizer_sha256": RANKS_SHA256, "git_commit": git_commit(), "world_size": rt.world, **extra}
-        save_checkpoint(path, state)
-        rotate(out_dir, cfg.keep_checkpoints, protect=extra["health"]["last_good"])
-    if rt.ddp:
-        dist.barrier()
+        try:
+            save_checkpoint(path, state)
+            rotate(out_dir, cfg.keep_checkpoints, protect=extra["health"]["last_good"])
+        except UserError as e:  # a full disk: every rank must stop, not wait for rank 0 until the NCCL timeout
+            failed = e
+    if rt.ddp:  # doubles as the barrier: nobody goes on before the checkpoint is on disk (or known lost)
+        ok = torch.tensor([0.0 if failed else 1.0], device=rt.device)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if ok.item() == 0 and failed is None:
+            failed = UserError(f"rank 0 could not write {path} (its error line says why); rerun after fixing it")
+    if failed:
+        raise failed
     return path
 
 
@@ -357,17 +379,17 @@ def train(cfg: TrainConfig):
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.compile)
     micro, accum = plan_batch(cfg, rt.world)
     cfg = cfg.replace(batch_size=micro)  # the configured batch_size is a cap; the startup line says what runs
-    T, V = cfg.model.block_size, cfg.model.vocab_size
+    T = cfg.model.block_size
     loader = ShardLoader(cfg.data_dir, "train", cfg.batch_size, T, rt.rank, rt.world, shuffle=cfg.shuffle,
-                         seed=cfg.seed, vocab_size=V, accum=accum)
-    vals = {"val_loss": val_batches(cfg.data_dir, cfg.batch_size, T, rt.rank, rt.world, cfg.val_tokens, V)}
+                         seed=cfg.seed, accum=accum)
+    vals = {"val_loss": val_batches(cfg.data_dir, cfg.batch_size, T, rt.rank, rt.world, cfg.val_tokens)}
     if cfg.final_val_tokens:
         vals["final_val_loss"] = val_batches(cfg.data_dir, cfg.batch_size, T, rt.rank, rt.world,
-                                             cfg.final_val_tokens, V)
+                                             cfg.final_val_tokens)
     data_id = data_identity(cfg.data_dir)
     out_dir = Path(cfg.out_dir)
     stop = StopFlag(rt.device)
-    with open_run_dir(out_dir) if rt.master else nullcontext():  # one writer per run folder
+    with open_run_dir(out_dir, cfg.force) if rt.master else nullcontext():  # one writer per run folder
         # resume or start: the checkpoint must describe this very run, and config.json is written only after that
         ckpt_path, ckpt = latest_checkpoint(out_dir, move_unreadable=rt.master) if out_dir.is_dir() else (None, None)
         if ckpt is not None:
@@ -386,6 +408,13 @@ def train(cfg: TrainConfig):
         else:
             torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank; init was identical
         del ckpt
+        if rt.ddp:  # every rank must go on from the same checkpoint (each one looked for the newest by itself)
+            steps = torch.tensor([step, -step], device=rt.device)
+            dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+            if steps[0].item() != -steps[1].item():
+                raise UserError(f"ranks found different checkpoints to resume from (steps {-steps[1].item()} to "
+                                f"{steps[0].item()}): is {out_dir} the same folder on every node? Use a shared "
+                                f"out_dir")
         if rt.master:
             record = {**cfg.to_dict(), "provenance": provenance(rt, data_id)}
             atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
@@ -496,7 +525,7 @@ def dry_run(cfg: TrainConfig) -> str:
            f"x {T} = {micro * accum * world * T:,} tokens/step",
            f"{cfg.max_steps:,} steps = {tokens:,} training tokens ({cfg.model.input_embedding}, seed {cfg.seed})"]
     try:
-        loader = ShardLoader(cfg.data_dir, "train", micro, T, 0, world, vocab_size=cfg.model.vocab_size, accum=accum)
+        loader = ShardLoader(cfg.data_dir, "train", micro, T, 0, world, accum=accum)
         per_epoch = sum(loader.n_blocks)
         usable = per_epoch * cfg.total_batch_size
         out.append(f"data: {cfg.data_dir} holds {sum(loader.counts):,} train tokens in {len(loader.files)} shard(s), "

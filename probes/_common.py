@@ -3,8 +3,8 @@ import json
 import sys
 from pathlib import Path
 
-from checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from util import ROOT, UserError
+from checkpoint import load_checkpoint, resolve_checkpoint
+from util import ROOT, UserError, atomic_write, make_dir
 
 
 class ProbeError(UserError):
@@ -46,9 +46,9 @@ def probe_parser(doc):
 
 def write_outputs(result: dict, markdown: str, out_json):
     out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=1))
-    out_json.with_suffix(".md").write_text(markdown)
+    make_dir(out_json.parent)
+    for path, text in ((out_json, json.dumps(result, indent=1)), (out_json.with_suffix(".md"), markdown)):
+        atomic_write(path, lambda f: f.write(text.encode()))
     print(markdown)
 
 
@@ -56,7 +56,7 @@ def run_main(main):
     """One clear line for expected errors (bad files, bad checkpoints), exit code 2."""
     try:
         main()
-    except (ProbeError, CheckpointError) as e:
+    except UserError as e:  # ProbeError, CheckpointError, a write that fails
         if "--debug" in sys.argv:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ untrained codec itself (the z-normalised byte vectors x(t), before any learned p
 """
 import re
 
-from probes._common import probe_parser, load_models, run_main, write_outputs
+from probes._common import ProbeError, load_models, probe_parser, run_main, write_outputs
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +119,8 @@ def main(argv=None):
     ap.add_argument("--no_codec", action="store_true", help="skip the untrained-codec row")
     ap.add_argument("--codec_pos_dim", type=int, default=16)
     args = ap.parse_args(argv)
+    if args.k < 1:
+        raise ProbeError(f"--k {args.k} is invalid: the number of neighbours must be >= 1")
     res = run(args.checkpoints, args.k, not args.no_codec, args.codec_pos_dim, args.device)
     write_outputs(res, markdown(res), args.out)
     return res

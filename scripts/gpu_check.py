@@ -91,8 +91,7 @@ def step_train_arms(ck, cfg, rt, data, n_steps):
             continue
         t = time.time()
         run = train_step.build_variant(cfg, rt, arm)
-        loader = ShardLoader(data, "train", cfg.batch_size, cfg.model.block_size, shuffle=True, seed=cfg.seed,
-                             vocab_size=cfg.model.vocab_size)
+        loader = ShardLoader(data, "train", cfg.batch_size, cfg.model.block_size, shuffle=True, seed=cfg.seed)
         first_done = None
         try:
             for i in range(n_steps):

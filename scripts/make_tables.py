@@ -32,7 +32,7 @@ from pathlib import Path
 
 from model import ARMS
 from train import Health
-from util import UserError
+from util import UserError, make_dir
 
 NORM_KEYS = ["norm/input_row", "norm/input_emb", "norm/head_row"]
 # Reported by the paper (arXiv 2605.29459, GPT-2 124M, 2.5B FineWeb-Edu tokens, 3 seeds). Not ours.
@@ -513,11 +513,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         runs = read_runs(args.runs_dir)
-    except TablesError as e:
+        out = make_dir(args.out)
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs)
     evals = read_evals(Path(args.eval) if args.eval else eval_folder(args.runs_dir))
     if evals:

@@ -120,23 +120,33 @@ def snapshot(*dirs):
 
 @pytest.fixture
 def bad_data(sample_dir, tmp_path):
-    """Copies of the sample shards with one defect each."""
+    """Copies of the sample shards with one defect each. Without meta.json (shards made elsewhere, like the public
+    pre-tokenized ones), except 'changed', where meta.json's hashes are what catches a byte changed late in a shard."""
     def make(defect):
         d = tmp_path / f"data_{defect}"
         shutil.copytree(sample_dir, d)
+        if defect != "changed":
+            (d / "meta.json").unlink()
         train_shard = next(d.glob("*train*.bin"))
         raw = bytearray(train_shard.read_bytes())
+        toks = np.frombuffer(bytes(raw[1024:]), dtype=np.uint16).copy()
+        if defect in ("vocab", "padding", "no_eot"):
+            toks[{"vocab": 10, "padding": 500_000, "no_eot": 0}[defect]] = {"vocab": 60000, "padding": 50300,
+                                                                              "no_eot": 464}[defect]
+            write_shard(train_shard, toks)
+            return d
+        if defect == "uint32":  # 32-bit ids behind a header that counts them as 16-bit ones
+            raw = raw[:1024] + toks.astype("<u4").tobytes()
+            raw[8:12] = np.int32(2 * len(toks)).tobytes()
+        elif defect == "changed":  # two bytes changed after the first MiB
+            raw[1_500_000] ^= 1
+            raw[1_600_001] ^= 2
         if defect == "magic":
             raw[0:4] = np.int32(1234).tobytes()
         elif defect == "version":
             raw[4:8] = np.int32(2).tobytes()
         elif defect == "truncated":
             raw = raw[: len(raw) // 2]
-        elif defect == "vocab":
-            toks = np.frombuffer(bytes(raw[1024:]), dtype=np.uint16).copy()
-            toks[10] = 60000
-            write_shard(train_shard, toks)
-            return d
         train_shard.write_bytes(bytes(raw))
         return d
     return make
@@ -168,7 +178,11 @@ def test_bad_arguments(case, sample_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("defect,message", [("magic", "has magic 1234"), ("version", "has version 2"),
-                                            ("truncated", "truncated or corrupt"), ("vocab", "token id 60000")])
+                                            ("truncated", "truncated or corrupt"), ("vocab", "token id 60000"),
+                                            ("padding", "token id 50300 >= 50257"),
+                                            ("no_eot", "does not start with <|endoftext|>"),
+                                            ("uint32", "every second token is 0"),
+                                            ("changed", "has changed since prepare_fineweb.py wrote it")])
 def test_bad_shards(bad_data, tmp_path, capsys, defect, message):
     data = bad_data(defect)
     before = snapshot(data)
@@ -184,7 +198,7 @@ def test_empty_data_dir_and_missing_config(tmp_path, sample_dir, capsys):
     for argv, message in [([str(ROOT / "configs/smoke.py"), f"--data_dir={tmp_path / 'empty'}"], "no 'train' shards"),
                           (["configs/nope.py"], "config file configs/nope.py not found; available in configs/: "),
                           ([str(ROOT / "configs/smoke.py"), f"--data_dir={sample_dir}",
-                            f"--out_dir={ROOT / 'train.py'}/x"], "is not writable")]:
+                            f"--out_dir={ROOT / 'train.py'}/x"], "cannot be created")]:
         with pytest.raises(SystemExit):
             train.main(argv)
         err = capsys.readouterr().err.strip().splitlines()
@@ -200,7 +214,7 @@ def test_all_checkpoints_corrupt_is_an_error(smoke_runs, sample_dir, tmp_path, c
     with pytest.raises(SystemExit):
         train.main([str(ROOT / "configs/smoke.py"), f"--data_dir={sample_dir}", f"--out_dir={out}"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert "no readable checkpoint" in err[-1] and "move them away" in err[-1]
+    assert "no usable checkpoint" in err[-1] and "move them away" in err[-1]
     assert snapshot(out) == before
 
 
@@ -252,7 +266,7 @@ def test_rotation_keeps_good_checkpoints_when_the_newest_is_unreadable(smoke_run
     names = sorted(p.name for p in out.iterdir() if p.name.startswith("ckpt_"))
     # ckpt_10 (the resume point, followed by a healthy step) is the last good one and stays; 15 is the newest
     assert names == ["ckpt_0000010.pt", "ckpt_0000015.pt", "ckpt_0000020.pt.corrupt"], names
-    assert "ckpt_0000020.pt is unreadable: moved aside" in capsys.readouterr().err
+    assert "ckpt_0000020.pt cannot be used: moved aside" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -315,9 +329,10 @@ def test_resume_on_other_data_is_refused(smoke_runs, sample_dir, tmp_path, capsy
     out, data = tmp_path / "run", tmp_path / "data"
     shutil.copytree(smoke_runs["bpe_tied"][0], out)
     shutil.copytree(sample_dir, data)
+    (data / "meta.json").unlink()  # other shards of the same names, made elsewhere
     shard = next(data.glob("*train*.bin"))
     toks = np.fromfile(shard, dtype="<u2", offset=1024)
-    write_shard(shard, toks[::-1].copy())
+    write_shard(shard, np.concatenate([toks[:1], toks[:0:-1]]))
     with pytest.raises(SystemExit):
         train.main([str(ROOT / "configs/smoke.py"), f"--data_dir={data}", f"--out_dir={out}", "--max_steps=30"])
     assert "are not the ones" in capsys.readouterr().err
