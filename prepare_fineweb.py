@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data import DataError, file_sha256, read_header, shard_is_valid, write_shard
+from data import file_sha256, read_header, shard_is_valid, write_shard
 from tokenizer import EOT, RANKS_SHA256, get_encoding
 from util import FolderLock, UserError, atomic_write, make_dir
 

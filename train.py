@@ -8,6 +8,7 @@ Outputs in out_dir: config.json, metrics.jsonl (one JSON object per event), ckpt
 wandb/ when wandb_mode is not 'disabled'. config.py lists the keys; `python train.py --help` prints them.
 """
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -33,7 +34,7 @@ from checkpoint import (capture_rng, check_resume, latest_checkpoint, list_check
                         restore_rng, rotate, save_checkpoint)
 from config import TrainConfig, load_config
 from data import ShardLoader, data_identity, val_batches
-from model import GPT
+from model import GPT, GPTConfig
 from runtime import Runtime, param_spread, peak_flops_entry, setup_runtime
 from tokenizer import RANKS_SHA256
 from util import UserError, atomic_write, git_commit, warn, write_error
@@ -515,6 +516,14 @@ def train(cfg: TrainConfig):
 
 
 
+@functools.lru_cache(maxsize=4)
+def model_size(**model_args):
+    """(parameters, checkpoint bytes: weights + AdamW's two moments + buffers) of a model, built once per process."""
+    model = GPT(GPTConfig(**model_args))
+    n = model.num_params()
+    return n, n * 4 * 3 + sum(b.numel() * b.element_size() for b in model.buffers())
+
+
 def dry_run(cfg: TrainConfig) -> str:
     """The whole plan of a run, resolved without a process group or a GPU: world size (WORLD_SIZE, as torchrun
     sets it), batch geometry, token budget against the data on disk, checkpoint size and disk."""
@@ -535,10 +544,7 @@ def dry_run(cfg: TrainConfig) -> str:
                        f"(prepare_fineweb.py --max_tokens) or lower max_steps")
     except UserError as e:
         out.append(f"data: not usable yet ({e})")
-    torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model)
-    n = model.num_params()
-    ckpt = n * 4 * 3 + sum(b.numel() * b.element_size() for b in model.buffers())  # weights + AdamW's two moments
+    n, ckpt = model_size(**dataclasses.asdict(cfg.model))
     out.append(f"model: {n:,} parameters; a checkpoint is about {ckpt / 1e9:.2f} GB, {cfg.keep_checkpoints} kept "
                f"(+1 while a new one is written): about {(cfg.keep_checkpoints + 1) * ckpt / 1e9:.1f} GB in "
                f"{cfg.out_dir}")

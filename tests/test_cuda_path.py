@@ -42,6 +42,7 @@ def test_no_logits_survive_into_the_next_micro_batch(monkeypatch):
     assert seen == [True, True, True]
 
 
+@pytest.mark.slow
 def test_one_host_sync_per_optimizer_step(monkeypatch):
     model = GPT(GPTConfig(input_embedding="kronecker", **TINY))
     opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
@@ -112,6 +113,7 @@ def test_peak_flops_table_and_which_entry(monkeypatch):
         assert runtime.peak_flops_entry(cuda) == (key, peak), name
 
 
+@pytest.mark.slow
 def test_benchmark_variants_all_run_compiled():
     """Nine compiled models share GPT.forward's code cache: past dynamo's default limit of 8 the ninth would run in
     eager mode, silently. The benchmark raises the limit and makes hitting it an error."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import prepare_fineweb
-from data import EOT, DataError, ShardLoader, load_tokens, read_header, val_batches, write_shard
+from data import DataError, ShardLoader, load_tokens, read_header, val_batches, write_shard
 from tokenizer import EOT, get_encoding
 
 ROOT = Path(__file__).resolve().parents[1]

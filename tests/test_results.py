@@ -1,5 +1,4 @@
 """Every committed result folder regenerates from its committed raw runs, byte for byte."""
-import sys
 
 import pytest
 

@@ -1,8 +1,7 @@
 """The shell entry points, end to end at smoke size: quickstart, compare.sh (+ make_tables), gpu_check (CPU)."""
 import json
 import os
-import re
-import shutil
+import sys
 import subprocess
 from pathlib import Path
 
@@ -18,8 +17,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 def no_python(tmp_path_factory):
     """An environment whose PATH has every command except `python` (GPU images often only promise python3)."""
     bindir = tmp_path_factory.mktemp("bin")
-    if not shutil.which("python3"):
-        os.symlink(shutil.which("python"), bindir / "python3")
+    # python3 runs this very interpreter. A wrapper, not a symlink: a virtualenv's Python finds its packages through
+    # the pyvenv.cfg beside the path it is started from, which a symlink in another folder would lose.
+    (bindir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bindir / "python3").chmod(0o755)
     for d in os.environ["PATH"].split(os.pathsep):
         for f in (Path(d).iterdir() if Path(d).is_dir() else []):
             if f.name != "python" and not (bindir / f.name).exists() and os.access(f, os.X_OK):
@@ -86,15 +87,6 @@ def _gpu_check(tmp_path, env, data, *args):
     return proc, out
 
 
-def _obeys_return_limits(out):
-    files = [p for p in out.rglob("*") if p.is_file()]
-    assert 0 < len(files) <= 8 and sum(p.stat().st_size for p in files) <= 64 * 2 ** 20
-    for p in files:
-        rel = p.relative_to(out)
-        assert p.stat().st_size <= 16 * 2 ** 20 and len(rel.parts) <= 3, rel
-        assert all(re.fullmatch(r"[A-Za-z0-9._-]+", part) for part in rel.parts), rel
-
-
 @pytest.mark.slow
 def test_gpu_check_rehearsal_without_datasets_or_wandb(tmp_path, sample_dir, no_python):
     proc, out = _gpu_check(tmp_path, no_python, tmp_path / "shards")  # no shards there: tokenized without datasets
@@ -109,7 +101,6 @@ def test_gpu_check_rehearsal_without_datasets_or_wandb(tmp_path, sample_dir, no_
     assert sum(k.startswith("b train") for k in steps) == sum(not a.control for a in ARMS.values())
     summary = (out / "summary.md").read_text()
     assert "gpu check: PASS" in summary and summary.count("(falls)") == sum(not a.control for a in ARMS.values())
-    _obeys_return_limits(out)
     # the folder is meant to be committed: its logs name no scratch folder, checkout or install path
     import tempfile
     for f in out.iterdir():
@@ -126,4 +117,3 @@ def test_gpu_check_budget_skips_what_does_not_fit(tmp_path, sample_dir, no_pytho
     assert steps["a modes agree"]["status"] == "ok" and skipped  # the first step fits, later ones do not
     assert all("of the budget left" in s["text"] or "needs 2" in s["text"] for s in skipped.values())
     assert "gpu check:" in (out / "summary.md").read_text() and proc.returncode == 0
-    _obeys_return_limits(out)
