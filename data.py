@@ -122,7 +122,7 @@ def read_meta(data_dir):
 
 def data_identity(data_dir) -> list:
     """What a run's data is: [name, token count, sha256 of the whole file] per shard, hashed in parallel (about
-    2 s per GB on one core; results/bench/shard_hash.md). A start checks the hashes against the ones meta.json
+    1 s per GB on one core; results/bench/shard_hash.md). A start checks the hashes against the ones meta.json
     recorded when the shards were written, and a resume compares the whole identity with the checkpoint's, so a
     run never goes on over changed or other data under the same folder name."""
     files = [f for split in ("train", "val") for f in find_shards(data_dir, split)]

@@ -1,8 +1,12 @@
 """Tokenize a text corpus into GPT-2 token shards (llm.c .bin format) for train.py.
 
     python prepare_fineweb.py --source sample                         # bundled Austen corpus, ~0.99M tokens
-    python prepare_fineweb.py --source fineweb-edu --max_tokens 2.5e9 # the paper run (HF hub, streamed)
-    python prepare_fineweb.py --source path/to/fineweb-edu/sample/10BT --out_dir data/fineweb  # local parquet
+    python prepare_fineweb.py --source fineweb-edu --for_config configs/gpt2_124m.py  # the paper run (HF hub)
+    python prepare_fineweb.py --source path/to/fineweb-edu/sample/10BT --out_dir data/fineweb-edu  # local parquet
+
+--for_config CONFIG sets --max_tokens to what that config's run reads in one pass: max_steps whole steps of
+total_batch_size tokens, where each shard only yields whole steps (its tail is skipped): 2,509,437,185 tokens for
+gpt2_124m.py (25 shards of 100M tokens give 190 steps each, a 26th of 9.4M the last 18), not 2.5e9.
 
 Every source -- the hub, the bundled sample, local parquet/jsonl/txt -- goes through the same
 `datasets.load_dataset(..., streaming=True)` path, so tests on local files exercise the FineWeb-Edu code.
@@ -39,7 +43,7 @@ from util import FolderLock, UserError, atomic_write, make_dir
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_PATH = ROOT / "data" / "sample" / "austen.jsonl.gz"
-SAMPLE_SHA256 = "951affce19545f13e5ab29a6e0765b3668307f79b20e1c22f4dcd7c31b679b9f"
+SAMPLE_SHA256 = "e6dda2245d55ddd4cdd7bbb9cd8eeba89fe399cb5e45bf8a912cf6cf7ece080d"
 HUB_DATASET = "HuggingFaceFW/fineweb-edu"
 VAL_EVERY = 20  # every 20th document is a validation candidate (~5 %)
 
@@ -428,7 +432,9 @@ def parse_args(argv=None):
     ap.add_argument("--out_dir", default=None, help="default data/<source>")
     ap.add_argument("--val_tokens", type=float, default=None,
                     help="validation tokens (default 10,485,760; for --source sample: all of every 20th chapter)")
-    ap.add_argument("--max_tokens", type=float, default=None, help="cap on train tokens (2.5e9 for the paper run)")
+    ap.add_argument("--max_tokens", type=float, default=None, help="cap on train tokens")
+    ap.add_argument("--for_config", default=None,
+                    help="set --max_tokens to what this training config reads in one pass (e.g. configs/gpt2_124m.py)")
     ap.add_argument("--shard_tokens", type=float, default=1e8, help="tokens per train shard (default 100M)")
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizer processes (default: all cores)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -444,15 +450,36 @@ def parse_args(argv=None):
     args.shard_tokens = int(args.shard_tokens)
     if args.shard_tokens < 1:
         ap.error("--shard_tokens must be positive")
+    if args.for_config:
+        if args.max_tokens:
+            ap.error("pass --max_tokens or --for_config, not both")
+        args.max_tokens = tokens_for_config(args.for_config, args.shard_tokens)
     return args
 
 
+def tokens_for_config(path, shard_tokens) -> int:
+    """Train tokens that give a config's max_steps whole steps in one pass over shards of shard_tokens: a shard
+    of c tokens yields (c - 1) // total_batch_size steps (data.ShardLoader skips the tail)."""
+    from config import load_config  # only here: preparing data needs no model code otherwise
+    cfg = load_config([str(path)])
+    per_shard = (shard_tokens - 1) // cfg.total_batch_size
+    if per_shard < 1:
+        raise PrepareError(f"--shard_tokens {shard_tokens:,} holds no whole step of {cfg.total_batch_size:,} tokens; "
+                           f"raise it")
+    full, rest = divmod(cfg.max_steps, per_shard)
+    tokens = full * shard_tokens + (rest * cfg.total_batch_size + 1 if rest else 0)
+    print(f"{path}: {cfg.max_steps:,} steps of {cfg.total_batch_size:,} tokens = {tokens:,} train tokens "
+          f"({per_shard} steps per shard of {shard_tokens:,})")
+    return tokens
+
+
 def main(argv=None):
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        args = parse_args(argv)
         prepare(args)
-    except UserError as e:  # PrepareError, DataError, a folder that cannot be written
-        if args.debug:
+    except UserError as e:  # PrepareError, DataError, a config error, a folder that cannot be written
+        if "--debug" in argv:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

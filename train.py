@@ -540,8 +540,8 @@ def dry_run(cfg: TrainConfig) -> str:
         out.append(f"data: {cfg.data_dir} holds {sum(loader.counts):,} train tokens in {len(loader.files)} shard(s), "
                    f"{per_epoch:,} whole steps ({usable:,} tokens; each shard's tail shorter than a step is skipped)")
         if per_epoch < cfg.max_steps:
-            out.append(f"warning: a second pass over the data starts at step {per_epoch + 1}: prepare more tokens "
-                       f"(prepare_fineweb.py --max_tokens) or lower max_steps")
+            out.append(f"warning: a second pass over the data starts at step {per_epoch + 1}: prepare enough tokens "
+                       f"(prepare_fineweb.py --for_config CONFIG) or lower max_steps")
     except UserError as e:
         out.append(f"data: not usable yet ({e})")
     n, ckpt = model_size(**dataclasses.asdict(cfg.model))

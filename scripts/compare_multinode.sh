@@ -6,6 +6,7 @@
 # Processes per node: NPROC, default every GPU the node sees.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 : "${NNODES:?set NNODES (number of nodes)}"
 : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port of node 0}"
 export NNODES RDZV_ENDPOINT NODE_RANK=${NODE_RANK:-0}

@@ -4,6 +4,7 @@
 # Finished runs in runs/cpu_tiny are not retrained (compare.sh skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 R=results/cpu_tiny
 SEEDS="1337 1338 1339 1340 1341"

@@ -26,23 +26,33 @@ BOOKS = {
     "MANSFIELD PARK": ("mansfield-park", 141),
     "EMMA": ("emma", 158),
     "NORTHANGER ABBEY": ("northanger-abbey", 121),
-    "PERSUASION": ("persuasion", 105),
+    "Persuasion": ("persuasion", 105),
 }
+# This text writes Persuasion's title in mixed case. The first version of this file missed it, so that title page
+# ended the last chapter of Northanger Abbey and Persuasion's chapters were labelled as Northanger Abbey's. The labels
+# are fixed; the title page stays where it was, so the chapters' text -- and every committed result trained on it --
+# is unchanged.
+TITLE_PAGE_KEPT = {"Persuasion"}
 CHAPTER = re.compile(r"^(CHAPTER|Chapter) ([0-9IVXLC]+)\.?\s*$")
 
 
 def split_chapters(text: str):
     """Yield (book_slug, gutenberg_id, chapter_number, chapter_text) in book order."""
-    book, chapter, lines, n = None, None, [], 0
+    book, chapter, lines, n, next_book = None, None, [], 0, None
     for line in text.split("\n"):
-        if line.strip() in BOOKS:
+        title = line.strip()
+        if title in BOOKS and title not in TITLE_PAGE_KEPT:
             if chapter is not None:
                 yield (*BOOKS[book], n, "\n".join(lines).strip() + "\n")
-            book, chapter, lines, n = line.strip(), None, [], 0
+            book, chapter, lines, n = title, None, [], 0
             continue
+        if title in TITLE_PAGE_KEPT:
+            next_book = title  # the book changes at its first chapter heading
         if CHAPTER.match(line) and book is not None:
             if chapter is not None:
                 yield (*BOOKS[book], n, "\n".join(lines).strip() + "\n")
+            if next_book:
+                book, n, next_book = next_book, 0, None
             chapter, lines, n = line, [], n + 1
         if chapter is not None:
             lines.append(line)

@@ -4,6 +4,7 @@
 #   bash scripts/quickstart.sh            # STEPS=60 by default; STEPS=160 for the full cpu_tiny run
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 STEPS=${STEPS:-60}
 OUT=${OUT:-runs/quickstart}

@@ -299,3 +299,12 @@ def test_targets_are_inputs_shifted_and_val_is_fixed(sample_dir):
     assert steps == 4
     with pytest.raises(DataError, match="'val' shards .* too small"):
         val_batches(sample_dir, 64, 1024, 0, 1, 1024)
+
+
+def test_for_config_prepares_exactly_one_pass_of_whole_steps(tmp_path, capsys):
+    """--for_config: enough tokens that the loader yields max_steps whole steps (each shard's tail is skipped)."""
+    assert prepare_fineweb.tokens_for_config(ROOT / "configs/gpt2_124m.py", 10 ** 8) == 25 * 10 ** 8 + 18 * 524288 + 1
+    prep("--source", "sample", "--for_config", ROOT / "configs/smoke.py", "--shard_tokens", 1000,
+         "--out_dir", tmp_path / "d")
+    loader = ShardLoader(tmp_path / "d", "train", 4, 64)  # configs/smoke.py: 256 tokens a step, 20 steps
+    assert sum(loader.n_blocks) == 20 and len(loader.files) == 7

@@ -21,3 +21,10 @@ def test_tables_regenerate_byte_for_byte(folder, tmp_path):
     make_tables.main([str(folder / "runs"), "--out", str(tmp_path), "--no_plots"])
     for name in ("loss_table.md", "summary.json"):
         assert (tmp_path / name).read_bytes() == (folder / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_cost_table_regenerates_byte_for_byte():
+    """results/costs.md, which the README's cost table quotes, comes from committed files by a committed command."""
+    from scripts import costs
+    assert costs.costs("configs/gpt2_124m.py") == (ROOT / "results/costs.md").read_text()
