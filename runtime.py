@@ -41,21 +41,24 @@ class Runtime:
         return torch.autocast(device_type=self.device_type, dtype=self.ptdtype)
 
 
-def init_distributed(backend, rank, world):
+def init_distributed(backend, rank, world, device=None):
     """Join the process group. Single-node torchrun restarts (--max-restarts) reuse the launcher's store, whose
     keys still name the dead workers' addresses: gloo then times out connecting to them. Namespacing the keys
     by restart attempt makes a restarted group find only its own members. (Multi-node: per-node restart counts
     can differ, so the plain env:// path is used; recover there by resubmitting -- auto-resume does the rest.)"""
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     single_node = os.environ.get("LOCAL_WORLD_SIZE") == str(world)
+    # NCCL: naming the rank's GPU binds the communicator to it at once (no guessing, no lazy init on the first
+    # collective); gloo takes none
+    bind = {"device_id": device} if device is not None and device.type == "cuda" else {}
     if attempt is None or not single_node:
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, **bind)
         return
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                           is_master=rank == 0 and not agent_store)
     dist.init_process_group(backend=backend, store=dist.PrefixStore(f"nanokron/attempt{attempt}", store),
-                            rank=rank, world_size=world)
+                            rank=rank, world_size=world, **bind)
 
 
 def resolve_device(want: str, local_rank: int = 0) -> torch.device:
@@ -91,7 +94,7 @@ def setup_runtime(device="auto", dtype="auto", compile="auto") -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
         torch.set_float32_matmul_precision("high")
     if world > 1 and not dist.is_initialized():
-        init_distributed("nccl" if dev.type == "cuda" else "gloo", rank, world)
+        init_distributed("nccl" if dev.type == "cuda" else "gloo", rank, world, dev)
     if dtype == "auto":
         dtype = "bfloat16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     comp = compile == "true" or (compile == "auto" and dev.type == "cuda")
@@ -100,7 +103,7 @@ def setup_runtime(device="auto", dtype="auto", compile="auto") -> Runtime:
 
 # bf16 dense tensor-core peak per device (vendor datasheets, no sparsity), for MFU. First match wins, so the more
 # specific names come first ("H100 NVL" before "H100", "L40S" before "L40").
-PEAK_FLOPS = [("H200", 989e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12),
+PEAK_FLOPS = [("H200 NVL", 835e12), ("H200", 989e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12),
               ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
               ("A10G", 70e12), ("A10", 125e12), ("RTX 6000 Ada", 364e12), ("RTX A6000", 155e12),
               ("V100", 125e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("MI300X", 1307e12)]

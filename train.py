@@ -78,7 +78,7 @@ def build_model(cfg: TrainConfig, rt: Runtime):
     """(raw_model, model): raw for checkpoints/eval helpers, model compiled and DDP-wrapped for training."""
     torch.manual_seed(cfg.seed)  # identical init on every rank
     raw = GPT(cfg.model).to(rt.device)
-    model = torch.compile(raw) if rt.compile else raw  # compile first, then wrap in DDP
+    model = raw
     if rt.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         # buffers (the codec's byte table, the cached codec) are deterministic constants: never re-broadcast them
@@ -87,6 +87,11 @@ def build_model(cfg: TrainConfig, rt: Runtime):
             else "broadcast_buffers"
         model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None,
                     gradient_as_bucket_view=True, **{no_sync: False})
+    # Wrap in DDP first, then compile: compiling the DDP module lets dynamo split the graph at DDP's bucket
+    # boundaries, so each bucket's all-reduce overlaps the rest of the backward. (Compiling first hides the
+    # parameters' gradients inside one backward graph: every all-reduce would wait for the whole backward.)
+    if rt.compile:
+        model = torch.compile(model)
     return raw, model
 
 
@@ -111,15 +116,23 @@ def forward_backward(model, batches, rt: Runtime):
 
 
 def optimizer_step(raw_model, optimizer, lr: float, grad_clip: float, loss, vote=None):
-    """Clip, read loss, grad norm (and the DDP stop vote) in one host sync, step only if loss and norm are finite.
-    Returns (loss, grad_norm, finite, vote) as Python numbers (vote None when none was given)."""
+    """Clip, step only if loss and grad norm are finite, and read loss, grad norm (and the DDP stop vote) in one
+    host sync. Returns (loss, grad_norm, finite, vote) as Python numbers (vote None when none was given).
+
+    With fused AdamW (on a GPU) the update is queued *before* the read, so the device runs it while the host waits:
+    the kernel itself skips the update (and its step count) when told through `found_inf` that loss or norm is not
+    finite -- the same decision the host would take after reading them."""
     norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-    read = [loss.detach().float(), norm.float()] + ([vote.float()] if vote is not None else [])
-    loss_f, norm_f, *vote_f = torch.stack(read).tolist()
+    read = torch.stack([loss.detach().float(), norm.float()] + ([vote.float()] if vote is not None else []))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    queued = bool(optimizer.defaults.get("fused"))
+    if queued:
+        optimizer.found_inf = (~torch.isfinite(read[:2]).all()).float()
+        optimizer.step()
+    loss_f, norm_f, *vote_f = read.tolist()
     finite = math.isfinite(loss_f) and math.isfinite(norm_f)
-    if finite:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    if finite and not queued:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_f, norm_f, finite, (vote_f[0] if vote_f else None)
@@ -326,6 +339,19 @@ def save(out_dir, step, raw, optimizer, cfg, rt, loader_state, extra):
     return path
 
 
+def agree_on_resume(step, loader_state, rt, out_dir):
+    """Every rank looked for the newest checkpoint by itself: all must go on from the same step and the same data
+    position (one all-reduce of the step and a checksum of the position, as max and -min)."""
+    position = [loader_state[k] for k in ("epoch", "shard_cursor", "block_cursor", "micro")]
+    key = float(step * 1_000_003 + sum(v * 7919 ** i for i, v in enumerate(position)) % 1_000_003)
+    both = torch.tensor([float(step), -float(step), key, -key], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    if both[0] != -both[1] or both[2] != -both[3]:
+        raise UserError(f"ranks would resume from different points (steps {int(-both[1])} to {int(both[0])}, or "
+                        f"different data positions): is {out_dir} one shared folder on every node? Use a shared "
+                        f"out_dir")
+
+
 def diverged(out_dir, step, why, health, master):
     """The error for a run that went bad: move aside what was saved after the last good checkpoint, name it."""
     good = health.last_good  # a file name
@@ -409,13 +435,8 @@ def train(cfg: TrainConfig):
         else:
             torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank; init was identical
         del ckpt
-        if rt.ddp:  # every rank must go on from the same checkpoint (each one looked for the newest by itself)
-            steps = torch.tensor([step, -step], device=rt.device)
-            dist.all_reduce(steps, op=dist.ReduceOp.MAX)
-            if steps[0].item() != -steps[1].item():
-                raise UserError(f"ranks found different checkpoints to resume from (steps {-steps[1].item()} to "
-                                f"{steps[0].item()}): is {out_dir} the same folder on every node? Use a shared "
-                                f"out_dir")
+        if rt.ddp:
+            agree_on_resume(step, loader.state_dict(), rt, out_dir)
         if rt.master:
             record = {**cfg.to_dict(), "provenance": provenance(rt, data_id)}
             atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(record, indent=1).encode()))

@@ -77,6 +77,30 @@ def test_one_host_sync_per_optimizer_step(monkeypatch):
     assert stop.vote() is stop.vote()  # one device tensor, filled in place: no new host-to-device copy
 
 
+def test_fused_adamw_is_queued_before_the_one_host_read_and_skips_non_finite_steps(monkeypatch):
+    """With fused AdamW (the GPU's) the update is launched before the loss / grad norm are read, so the device works
+    while the host waits; a non-finite step is skipped by the kernel itself (found_inf): weights and step counts
+    unchanged, exactly as when the host decides."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(input_embedding="kronecker", **TINY))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, fused=True)  # what configure_optimizers gives on CUDA
+    events = []
+    real_tolist, real_step = torch.Tensor.tolist, opt.step
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: (events.append("read"), real_tolist(self))[1])
+    opt.step = lambda *a, **k: (events.append("step"), real_step(*a, **k))[1]
+    loss = train.forward_backward(model, _batches(2), CPU)
+    out = train.optimizer_step(model, opt, 1e-3, 1.0, loss)
+    assert events == ["step", "read"] and out[2] is True
+    before = [p.detach().clone() for p in params]
+    steps = [opt.state[p]["step"].item() for p in params]
+    loss = train.forward_backward(model, _batches(1), CPU)
+    out = train.optimizer_step(model, opt, 1e-3, 1.0, loss * float("nan"))
+    assert out[2] is False
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
+    assert [opt.state[p]["step"].item() for p in params] == steps
+
+
 def test_ddp_does_not_broadcast_buffers(monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(29500 + os.getpid() % 1000))
@@ -87,6 +111,12 @@ def test_ddp_does_not_broadcast_buffers(monkeypatch):
         _, ddp = train.build_model(cfg, rt)
         assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
         assert ddp.broadcast_buffers is False and ddp.gradient_as_bucket_view is True
+        # compiled: DDP is wrapped first and the DDP module compiled (dynamo then splits the graph at DDP's buckets,
+        # so all-reduces overlap the backward); torch.compile is lazy, nothing is compiled here
+        compiled_rt = runtime.Runtime(0, 0, 2, torch.device("cpu"), "cpu", torch.float32, True)
+        compiled = train.build_model(cfg, compiled_rt)[1]
+        assert isinstance(compiled._orig_mod, torch.nn.parallel.DistributedDataParallel)
+        assert torch._dynamo.config.optimize_ddp
     finally:
         dist.destroy_process_group()
 
@@ -140,3 +170,31 @@ def test_benchmark_variants_all_run_compiled():
         for k, v in saved.items():
             setattr(cfg, k, v)
         torch._dynamo.reset()
+
+
+def test_compiled_fused_head_has_no_in_place_op_on_the_softmax_and_matches_the_plain_head():
+    """Under torch.compile the fused head's forward writes the logits' gradient out of place (an in-place update of
+    the fp32 softmax makes Inductor materialise it); loss and gradients still equal the plain head's."""
+    from torch.nn import functional as F
+    from head import fused_cross_entropy
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(300, 16, generator=g, requires_grad=True)
+    W = torch.randn(1000, 16, generator=g, requires_grad=True)
+    t = torch.randint(0, 1000, (300,), generator=g)
+    t[::7] = -1
+    torch._dynamo.reset()
+    loss = torch.compile(fused_cross_entropy, backend=backend, fullgraph=True)(h, W, t)
+    dh, dW = torch.autograd.grad(loss, (h, W))
+    targets = {str(n.target) for gm in graphs for m in gm.modules() if hasattr(m, "graph") for n in m.graph.nodes}
+    assert "scatter_add" in targets  # the traced forward is the one inspected
+    assert not {x for x in targets if x.endswith("_") and ("scatter" in x or "mul" in x or "div" in x)}, targets
+    ref = F.cross_entropy(h @ W.t(), t, ignore_index=-1)
+    rh, rW = torch.autograd.grad(ref, (h, W))
+    assert torch.allclose(loss, ref, rtol=1e-5)
+    assert torch.allclose(dh, rh, rtol=1e-5, atol=1e-8) and torch.allclose(dW, rW, rtol=1e-5, atol=1e-8)
+    torch._dynamo.reset()

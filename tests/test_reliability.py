@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import checkpoint
 import train
@@ -376,3 +377,56 @@ def test_sigterm_to_the_workers_of_torchrun_checkpoints_and_exits_0(sample_dir, 
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
     assert "checkpoint written at step" in stdout and len(list(out.glob("ckpt_*.pt"))) == 1
+
+
+# -- DDP: ranks agree on resume and on a failed save -------------------------------------------------------------
+
+def _agree_worker(rank, port, steps, result_dir):
+    import torch.distributed as dist
+    import runtime
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    rt = runtime.Runtime(rank, rank, 2, torch.device("cpu"), "cpu", torch.float32, False)
+    state = {"epoch": 0, "shard_cursor": 0, "block_cursor": steps[rank], "micro": 0}
+    try:
+        train.agree_on_resume(steps[rank], state, rt, "runs/x")
+        outcome = "ok"
+    except train.UserError as e:
+        outcome = str(e)
+    finally:
+        dist.destroy_process_group()
+    (Path(result_dir) / f"rank{rank}").write_text(outcome)
+
+
+@pytest.mark.parametrize("steps,agree", [((20, 20), True), ((20, 10), False)])
+def test_ranks_refuse_to_resume_from_different_steps(tmp_path, steps, agree):
+    import torch.multiprocessing as tmp_mp
+    tmp_mp.start_processes(_agree_worker, args=(29000 + os.getpid() % 500 + steps[1], steps, tmp_path), nprocs=2,
+                           start_method="spawn")
+    outcomes = [(tmp_path / f"rank{r}").read_text() for r in range(2)]
+    if agree:
+        assert outcomes == ["ok", "ok"]
+    else:
+        assert all("ranks would resume from different points (steps 10 to 20" in o for o in outcomes), outcomes
+
+
+@pytest.mark.slow
+def test_a_failed_save_on_rank_0_stops_every_rank_with_one_line(sample_dir, tmp_path):
+    """2 ranks on gloo; rank 0 cannot write its checkpoint (a 1 MiB file-size limit; rank 1 writes no file). Both
+    ranks learn it through the save's all-reduce and exit 2 with the error line: no rank waits for the other."""
+    import resource
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+           "configs/smoke.py", f"--data_dir={sample_dir}", f"--out_dir={out}", "--max_steps=2", "--batch_size=2",
+           "--progress=false"]
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, preexec_fn=limit, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert time.time() - t0 < 60 + 30  # + interpreter and process-group start
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 2, proc.stderr[-3000:]
+    assert "file size limit" in errors[0] + errors[1] and "rank 0 could not write" in errors[0] + errors[1]
+    assert proc.stderr.count("exitcode  : 2") + proc.stderr.count("exitcode: 2") >= 1 or "exit code 2" in proc.stderr
+    assert not list(out.glob("ckpt_*.pt"))
