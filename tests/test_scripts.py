@@ -95,12 +95,21 @@ def test_gpu_check_rehearsal_without_datasets_or_wandb(tmp_path, sample_dir, no_
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     result = json.loads((out / "gpu_check.json").read_text())
     steps = result["steps"]
-    assert {k[0] for k in steps} == set("abcdefg")
-    assert all(s["status"] == "ok" for k, s in steps.items() if k[0] != "g")
-    assert steps["g 2-rank NCCL"]["status"] == "skipped" and "needs 2" in steps["g 2-rank NCCL"]["text"]
-    assert sum(k.startswith("b train") for k in steps) == sum(not a.control for a in ARMS.values())
+    assert {k[0] for k in steps} == set("abcdefghij")
+    assert all(s["status"] == "ok" for k, s in steps.items() if k[0] != "j")
+    assert steps["j 2-rank NCCL"]["status"] == "skipped" and "needs 2" in steps["j 2-rank NCCL"]["text"]
+    study = sum(not a.control for a in ARMS.values())
+    # the production micro-batch (64 on a GPU; 4 at smoke size) first, then the first check's (16; 2)
+    assert sum(k.startswith("b train") and k.endswith("B4") for k in steps) == study
+    assert sum(k.startswith("g train") and k.endswith("B2") for k in steps) == study
+    for k, s in steps.items():  # each arm's losses are its training steps only, none of later steps' timing runs
+        if k[0] in "bg":
+            assert len(s["data"]["losses"]) == 10, (k, len(s["data"]["losses"]))
+    assert len(steps["d profile"]["data"]) == 2 and (out / "profile_bpe_tied.txt").is_file()
+    backends = {r["backend"] for r in steps["f attention backends"]["data"]}
+    assert backends == {"default", "flash", "cudnn", "efficient", "math"}
     summary = (out / "summary.md").read_text()
-    assert "gpu check: PASS" in summary and summary.count("(falls)") == sum(not a.control for a in ARMS.values())
+    assert "gpu check: PASS" in summary and summary.count("(falls)") == 2 * study
     # the folder is meant to be committed: its logs name no scratch folder, checkout or install path
     import tempfile
     for f in out.iterdir():
