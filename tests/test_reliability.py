@@ -14,6 +14,7 @@ import torch
 
 import checkpoint
 import train
+import util
 from conftest import ROOT, run_train
 from data import write_shard
 
@@ -346,10 +347,11 @@ def test_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(sam
     run_train(out, sample_dir, "--max_steps=4", "--ckpt_interval=2")
     good = hashlib.sha256((out / "ckpt_0000004.pt").read_bytes()).hexdigest()
 
-    def full(obj, f):
-        f.write(b"partial")
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(checkpoint.torch, "save", full)
+    real_open = open
+
+    def full(path, mode="r", *a, **k):  # a checkpoint's temp file meets a real ENOSPC (/dev/full)
+        return real_open("/dev/full" if ".ckpt_" in str(path) else path, mode, *a, **k)
+    monkeypatch.setattr(util, "open", full, raising=False)
     with pytest.raises(SystemExit) as e:
         run_train(out, sample_dir, "--max_steps=8", "--ckpt_interval=2")
     err = capsys.readouterr().err.strip().splitlines()
