@@ -145,3 +145,20 @@ def test_the_seed_picks_the_data_order_for_every_arm(sample_dir, tmp_path, monke
     first = order("kronecker_tied", 1, "d", "--max_steps=3", "--lr_decay_steps=6")
     rest = order("kronecker_tied", 1, "d", "--max_steps=6", "--lr_decay_steps=6")
     assert first + rest == a
+
+
+def test_wandb_online_without_a_key_is_one_line_before_any_training(sample_dir, tmp_path):
+    """A fresh machine (empty HOME: no ~/.netrc from `wandb login`, no WANDB_API_KEY): one error line naming the
+    fix, exit 2, within 30 s, and no run folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(home), NETRC=str(home / ".netrc"))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "configs/smoke.py", f"--data_dir={sample_dir}", f"--out_dir={out}",
+           "--wandb_mode=online"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=30)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "no wandb API key" in err[0] and "wandb login" in err[0] and "--wandb_mode=offline" in err[0]
+    assert "wandb sync" in err[0] and not out.exists()
