@@ -64,8 +64,8 @@ def test_accumulation_equals_one_big_batch(sample_dir, tmp_path):
     for key in ("train_loss", "val_loss"):
         a, b = rows(big, key), rows(acc, key)
         assert max(abs(a[s] - b[s]) for s in a) < 1e-5
-    pa = torch.load(tmp_path / "big/ckpt_0000003.pt", weights_only=False)["model"]
-    pb = torch.load(tmp_path / "acc/ckpt_0000003.pt", weights_only=False)["model"]
+    pa = torch.load(tmp_path / "big/ckpt_0000003.pt", weights_only=True)["model"]
+    pb = torch.load(tmp_path / "acc/ckpt_0000003.pt", weights_only=True)["model"]
     # Adam divides by sqrt(v): float-rounding differences in near-zero gradient entries (the fused head sums its
     # chunks in another order than one big batch) move those weights by ~1e-5 after 3 steps at lr 3e-3
     assert max((pa[k] - pb[k]).abs().max().item() for k in pa) < 5e-5
@@ -83,7 +83,7 @@ def test_torchrun_two_ranks_on_gloo(sample_dir, tmp_path, arm):
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows(metrics, "ddp_param_spread") == {3: 0.0}  # ranks hold identical parameters
-    ckpt = torch.load(out / "ckpt_0000003.pt", weights_only=False)
+    ckpt = torch.load(out / "ckpt_0000003.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["loader"]) == 2
     # 2 ranks x batch 2 sees the same tokens as 1 rank x batch 4: same update
     single = run_train(tmp_path / "one", sample_dir, f"--input_embedding={arm}", "--batch_size=4",
