@@ -1,4 +1,5 @@
 """Every committed result folder regenerates from its committed raw runs, byte for byte."""
+import json
 
 import pytest
 
@@ -28,3 +29,13 @@ def test_cost_table_regenerates_byte_for_byte():
     """results/costs.md, which the README's cost table quotes, comes from committed files by a committed command."""
     from scripts import costs
     assert costs.costs("configs/gpt2_124m.py") == (ROOT / "results/costs.md").read_text()
+
+
+def test_every_committed_run_records_its_provenance_as_data():
+    """Commit, torch version, threads and device are data in each run's config.json, not claims in prose."""
+    configs = sorted((ROOT / "results").rglob("runs/*/config.json"))
+    assert configs
+    for path in configs:
+        prov = json.loads(path.read_text()).get("provenance") or {}
+        assert {"commit", "torch", "threads", "device"} <= set(prov), path.relative_to(ROOT)
+        assert len(prov["commit"].removesuffix("-dirty")) == 40
