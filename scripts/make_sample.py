@@ -28,10 +28,9 @@ BOOKS = {
     "NORTHANGER ABBEY": ("northanger-abbey", 121),
     "Persuasion": ("persuasion", 105),
 }
-# This text writes Persuasion's title in mixed case. The first version of this file missed it, so that title page
-# ended the last chapter of Northanger Abbey and Persuasion's chapters were labelled as Northanger Abbey's. The labels
-# are fixed; the title page stays where it was, so the chapters' text -- and every committed result trained on it --
-# is unchanged.
+# This text writes Persuasion's title in mixed case, on a title page that comes before its first chapter heading.
+# The page stays at the end of Northanger Abbey's last chapter (the text every committed result was trained on);
+# the book, and so the labels, change at Persuasion's first chapter heading.
 TITLE_PAGE_KEPT = {"Persuasion"}
 CHAPTER = re.compile(r"^(CHAPTER|Chapter) ([0-9IVXLC]+)\.?\s*$")
 
