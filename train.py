@@ -174,8 +174,8 @@ class Metrics:
                 with open(self.path.with_name(self.path.name + ".bad"), "a") as f:
                     f.write("".join(line + "\n" for line in bad))
                 middle = [line for line, r in parsed[:-1] if r is None]
-                (warn if middle else lambda m: None)(
-                    f"{len(middle)} unreadable row(s) in the middle of {self.path}; kept in {self.path.name}.bad")
+                if middle:
+                    warn(f"{len(middle)} unreadable row(s) in the middle of {self.path}; kept in {self.path.name}.bad")
             rows = [r for _, r in parsed if r and r["step"] <= resume_step]
             atomic_write(self.path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
         elif resume_step is None and self.path.exists():
@@ -341,15 +341,14 @@ def save(out_dir, step, raw, optimizer, cfg, rt, loader_state, extra):
 
 def agree_on_resume(step, loader_state, rt, out_dir):
     """Every rank looked for the newest checkpoint by itself: all must go on from the same step and the same data
-    position (one all-reduce of the step and a checksum of the position, as max and -min)."""
-    position = [loader_state[k] for k in ("epoch", "shard_cursor", "block_cursor", "micro")]
-    key = float(step * 1_000_003 + sum(v * 7919 ** i for i, v in enumerate(position)) % 1_000_003)
-    both = torch.tensor([float(step), -float(step), key, -key], dtype=torch.float64, device=rt.device)
+    position (one all-reduce of the values and their negatives: max == -min everywhere)."""
+    mine = [step] + [loader_state[k] for k in ("epoch", "shard_cursor", "block_cursor", "micro")]
+    both = torch.tensor(mine + [-v for v in mine], dtype=torch.int64, device=rt.device)
     dist.all_reduce(both, op=dist.ReduceOp.MAX)
-    if both[0] != -both[1] or both[2] != -both[3]:
-        raise UserError(f"ranks would resume from different points (steps {int(-both[1])} to {int(both[0])}, or "
-                        f"different data positions): is {out_dir} one shared folder on every node? Use a shared "
-                        f"out_dir")
+    top, low = both[:len(mine)].tolist(), [-v for v in both[len(mine):].tolist()]
+    if top != low:
+        raise UserError(f"ranks would resume from different points (steps {low[0]} to {top[0]}, or different "
+                        f"data positions): is {out_dir} one shared folder on every node? Use a shared out_dir")
 
 
 def diverged(out_dir, step, why, health, master):
