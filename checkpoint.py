@@ -8,13 +8,17 @@ identities. Inference (sample.py, probes, export) needs only this file and model
 A checkpoint is data, never code: it holds only tensors and plain values (numbers, strings, lists, dicts), and it is
 read with torch.load(weights_only=True), which refuses anything else, so a planted pickle payload is never run.
 Before a checkpoint is trusted its zip records are checked against their CRC-32 (a flipped bit is caught) and the
-step in its file name must be the step inside.
+step in its file name must be the step inside. Health decides which checkpoints count as good: training writes
+them only after healthy steps.
 """
 import io
+import math
 import os
 import pickle
 import random
+import statistics
 import zipfile
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +264,49 @@ def open_run_dir(out_dir: Path, force=False) -> FolderLock:
     for stale in out_dir.glob(".*.tmp"):  # atomic_write temp files; only the lock holder writes here: dead
         stale.unlink()
     return lock
+
+
+# -- is training still sane? ------------------------------------------------------------------------------
+
+class Health:
+    """Is training still sane? A step is healthy when its loss and grad norm are finite, its loss is at most
+    LOSS_MARGIN nats above where the run started (worse than the untrained model means divergence), and its grad
+    norm is at most SPIKE x the median of the last healthy steps. Checkpoints are written only after healthy steps
+    (a transient spike defers them). The loss of step t measures the weights after step t-1, so a checkpoint counts
+    as *good* only once the step after it was healthy. MAX_BAD unhealthy steps in a row stop the run."""
+    LOSS_MARGIN, SPIKE, MAX_BAD, WINDOW, MIN_HISTORY = 1.0, 20.0, 20, 50, 10
+
+    def __init__(self, state=None, resumed_from=None):
+        s = state or {}
+        self.start_loss, self.bad_run = s.get("start_loss"), s.get("bad_run", 0)
+        self.norms = deque(s.get("norms", []), maxlen=self.WINDOW)
+        self.last_good = s.get("last_good")
+        self.pending = resumed_from  # a checkpoint's name, saved but not yet followed by a healthy step
+
+    def state(self):
+        return {"start_loss": self.start_loss, "bad_run": self.bad_run, "norms": list(self.norms),
+                "last_good": self.last_good}
+
+    def check(self, loss, norm, finite, vocab_size) -> str | None:
+        """None if the step is healthy, else what is wrong with it."""
+        if self.start_loss is None and finite:
+            self.start_loss = max(loss, math.log(vocab_size))
+        median = statistics.median(self.norms) if len(self.norms) >= self.MIN_HISTORY else None
+        if not finite:
+            why = "non-finite loss or gradient norm"
+        elif loss > self.start_loss + self.LOSS_MARGIN:
+            why = f"loss {loss:.4g} above the starting {self.start_loss:.3f} + {self.LOSS_MARGIN}"
+        elif median is not None and norm > self.SPIKE * median:
+            why = f"grad norm {norm:.4g} > {self.SPIKE:g} x the recent median {median:.3g}"
+        else:
+            self.norms.append(norm)
+            self.bad_run = 0
+            if self.pending:
+                self.last_good, self.pending = self.pending, None
+            return None
+        self.bad_run += 1
+        self.pending = None  # the checkpoint before an unhealthy step is not known to be good, and never will be
+        return why
+
+    def saved(self, name):
+        self.pending = name

@@ -282,7 +282,7 @@ def read_progress(path, identity):
                            f"to start over") from None
 
 
-def complete(out_dir, identity):
+def complete(out_dir, identity, say_damaged=True):
     """meta.json of a finished folder whose every shard still has the content it was written with, else None."""
     if not out_dir.is_dir():
         return None
@@ -293,8 +293,9 @@ def complete(out_dir, identity):
     hashes = meta.get("sha256", {})
     damaged = [s for s in meta["shards"] if not shard_is_valid(out_dir / s, hashes.get(s))]
     if damaged:
-        print(f"{out_dir}: {len(damaged)} shard(s) changed or missing since they were written ({damaged[0]}, ...); "
-              f"rewriting from the last intact one")
+        if say_damaged:
+            print(f"{out_dir}: {len(damaged)} shard(s) changed or missing since they were written "
+                  f"({damaged[0]}, ...); rewriting from the last intact one")
         return None
     print(f"{out_dir}: already complete ({meta['tokens']['train']:,} train + {meta['tokens']['val']:,} val tokens, "
           f"every shard's sha256 checked); nothing to do")
@@ -310,7 +311,7 @@ def prepare(args):
                 "val_tokens": args.val_tokens, "shard_tokens": args.shard_tokens, "max_tokens": args.max_tokens}
     if out_dir.exists() and not out_dir.is_dir():
         raise PrepareError(f"--out_dir {out_dir} is a file; pass a folder")
-    if meta := complete(out_dir, identity):
+    if meta := complete(out_dir, identity, say_damaged=False):  # said once, below, under the lock
         return meta
     docs = open_stream(args.source, args.name, args.text_column)  # fails (offline, bad input) before any write
     make_dir(out_dir)

@@ -19,19 +19,17 @@ import platform
 import secrets
 import signal
 import socket
-import statistics
 import sys
 import time
 import urllib.parse
-from collections import deque
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from checkpoint import (capture_rng, check_resume, latest_checkpoint, list_checkpoints, move_aside, open_run_dir,
-                        restore_rng, rotate, save_checkpoint)
+from checkpoint import (Health, capture_rng, check_resume, latest_checkpoint, list_checkpoints, move_aside,
+                        open_run_dir, restore_rng, rotate, save_checkpoint)
 from config import TrainConfig, load_config
 from data import ShardLoader, data_identity, val_batches
 from model import GPT, GPTConfig
@@ -246,52 +244,6 @@ class StopFlag:
     def vote(self) -> torch.Tensor:
         """1.0 if this rank was signalled: summed over ranks together with the loss (one collective per step)."""
         return self.flag.fill_(1.0 if self.signum else 0.0)
-
-
-# -- is training still sane? ------------------------------------------------------------------------------
-
-class Health:
-    """Is training still sane? A step is healthy when its loss and grad norm are finite, its loss is at most
-    LOSS_MARGIN nats above where the run started (worse than the untrained model means divergence), and its grad
-    norm is at most SPIKE x the median of the last healthy steps. Checkpoints are written only after healthy steps
-    (a transient spike defers them). The loss of step t measures the weights after step t-1, so a checkpoint counts
-    as *good* only once the step after it was healthy. MAX_BAD unhealthy steps in a row stop the run."""
-    LOSS_MARGIN, SPIKE, MAX_BAD, WINDOW, MIN_HISTORY = 1.0, 20.0, 20, 50, 10
-
-    def __init__(self, state=None, resumed_from=None):
-        s = state or {}
-        self.start_loss, self.bad_run = s.get("start_loss"), s.get("bad_run", 0)
-        self.norms = deque(s.get("norms", []), maxlen=self.WINDOW)
-        self.last_good = s.get("last_good")
-        self.pending = resumed_from  # a checkpoint's name, saved but not yet followed by a healthy step
-
-    def state(self):
-        return {"start_loss": self.start_loss, "bad_run": self.bad_run, "norms": list(self.norms),
-                "last_good": self.last_good}
-
-    def check(self, loss, norm, finite, vocab_size) -> str | None:
-        """None if the step is healthy, else what is wrong with it."""
-        if self.start_loss is None and finite:
-            self.start_loss = max(loss, math.log(vocab_size))
-        median = statistics.median(self.norms) if len(self.norms) >= self.MIN_HISTORY else None
-        if not finite:
-            why = "non-finite loss or gradient norm"
-        elif loss > self.start_loss + self.LOSS_MARGIN:
-            why = f"loss {loss:.4g} above the starting {self.start_loss:.3f} + {self.LOSS_MARGIN}"
-        elif median is not None and norm > self.SPIKE * median:
-            why = f"grad norm {norm:.4g} > {self.SPIKE:g} x the recent median {median:.3g}"
-        else:
-            self.norms.append(norm)
-            self.bad_run = 0
-            if self.pending:
-                self.last_good, self.pending = self.pending, None
-            return None
-        self.bad_run += 1
-        self.pending = None  # the checkpoint before an unhealthy step is not known to be good, and never will be
-        return why
-
-    def saved(self, name):
-        self.pending = name
 
 
 # -- the run -------------------------------------------------------------------------------------------------------

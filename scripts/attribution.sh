@@ -12,7 +12,8 @@
 # in two blocks (the first five for every arm, then three more for the claim-carrying arms), each block at both
 # recipes, so a partial grid is balanced. Every run trains in fp32 and ends with one eval on the whole val split.
 # --collect checks that all runs are there and come from one commit, moves their config.json + metrics.jsonl to
-# results/attribution/<recipe>/runs/ and writes the tables there (python -m scripts.make_tables).
+# results/attribution/<recipe>/runs/ and writes the tables there (python -m scripts.make_tables), then
+# results/attribution/contrasts.md (python -m scripts.contrasts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python3 || command -v python)}
@@ -83,6 +84,8 @@ if [[ "$MODE" == collect ]]; then
     "$PY" -m scripts.make_tables "$dst/runs" --out "$dst" --title "Attribution grid, recipe $recipe (configs/cpu_tiny.py)" > /dev/null
     echo "wrote $dst/ (loss_table.md, summary.json, *.png)"
   done
+  "$PY" -m scripts.contrasts results/attribution > /dev/null
+  echo "wrote results/attribution/contrasts.md (every contrast x recipe; the README's attribution table)"
   exit 0
 fi
 

@@ -9,7 +9,7 @@ evaluation table.
 
 Definitions. Final val loss = the run's `final_val_loss` (the last eval on a larger val set, train.py
 --final_val_tokens) when it has one, else its last val_loss. Spikes, per run, from its logged steps: the largest
-grad norm, the unhealthy steps by train.Health's rule (loss more than 1 nat above the start, or grad norm above 20 x
+grad norm, the unhealthy steps by checkpoint.Health's rule (loss more than 1 nat above the start, or grad norm above 20 x
 the median of the last healthy steps), the largest one-step rise of the train loss, and the share of steps whose
 grad norm exceeded grad_clip (clipped). Every comparison is paired by seed (at one seed the arms
 start from the same trunk and see the same data): Δ = arm - reference in nats (negative: the arm reaches lower
@@ -31,7 +31,7 @@ from itertools import product
 from pathlib import Path
 
 from model import ARMS
-from train import Health
+from checkpoint import Health
 from util import UserError, make_dir
 
 NORM_KEYS = ["norm/input_row", "norm/input_emb", "norm/head_row"]

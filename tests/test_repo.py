@@ -121,11 +121,12 @@ def test_no_absolute_paths_and_no_documents_from_outside():
 
 
 def test_inference_code_never_loads_the_trainer():
-    """Generating, probing and exporting need model.py + checkpoint.py (and the stdlib-only config.py that
+    """Generating, probing, exporting and making tables need model.py + checkpoint.py (and the stdlib-only config.py that
     checkpoint.py reads resume rules from): no trainer, runtime, data loader, wandb or datasets, and no
     torch.distributed module beyond what `import torch` itself loads."""
     code = ("import sys; import torch; before = set(sys.modules); "
             "import sample, export_hf; from probes import generation, geometry, robustness, param_accounting; "
+            "from scripts import make_tables; "
             "new = set(sys.modules) - before; "
             "print(sorted(m for m in new if m.split('.')[0] in "
             "('train', 'runtime', 'data', 'prepare_fineweb', 'wandb', 'datasets') "
