@@ -126,3 +126,21 @@ def test_gpu_check_budget_skips_what_does_not_fit(tmp_path, sample_dir, no_pytho
     assert steps["a modes agree"]["status"] == "ok" and skipped  # the first step fits, later ones do not
     assert all("of the budget left" in s["text"] or "needs 2" in s["text"] for s in skipped.values())
     assert "gpu check:" in (out / "summary.md").read_text() and proc.returncode == 0
+
+
+@pytest.mark.parametrize("flag, n, recipes", [((), 90, {"lr3e-3", "lr1e-3"}),
+                                              (("--ladder",), 120, {"w128", "w256", "w384"})])
+def test_attribution_plans_are_balanced_registry_arms(flag, n, recipes):
+    """The attribution grid and the width ladder list their runs: every arm a registry entry, every recipe with the
+    same runs, and the first block (seeds 1337-1341) before any later seed, so a partial grid stays balanced."""
+    from model import ARMS
+    out = subprocess.run(["bash", "scripts/attribution.sh", *flag, "--plan"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    runs = [line.split() for line in out.stdout.splitlines() if len(line.split()) == 2 and "_s" in line]
+    assert len(runs) == n and f"{n} runs" in out.stdout
+    by_recipe = {r: sorted(run for rr, run in runs if rr == r) for r in recipes}
+    assert set(r for r, _ in runs) == recipes and len({tuple(v) for v in by_recipe.values()}) == 1
+    assert all(run.rsplit("_s", 1)[0] in ARMS for _, run in runs)
+    seeds = [int(run.rsplit("_s", 1)[1]) for _, run in runs]
+    assert max(seeds[: seeds.index(1342)]) == 1341 and set(seeds) == set(range(1337, 1345))
