@@ -18,7 +18,8 @@ from pathlib import Path
 from model import ARMS
 from util import UserError, atomic_write
 
-ARM = "kronecker"
+# The arm the controls were built for: the one whose registry entry is contrasted with attribution controls.
+ARM = next(name for name, arm in ARMS.items() if any(ARMS[ref].control for ref in arm.contrasts if ref in ARMS))
 
 
 def isolates(ref):
