@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from model import ARMS
+from scripts.make_tables import _p, _pm
 from util import UserError, atomic_write
 
 # The arm the controls were built for: the one whose registry entry is contrasted with attribution controls.
@@ -32,10 +33,6 @@ def isolates(ref):
 
 def clear(d):
     return d["ci95"] is not None and (d["ci95"][0] > 0 or d["ci95"][1] < 0) and d["p_signflip"] < 0.05
-
-
-def _p(p):
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def read(grid):
@@ -65,10 +62,8 @@ def table(recipes, title):
                 continue
             d, n = c["delta"], len(c["seeds"])
             ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["ci95"] else "n/a"
-            lines.append(f"| {ARM} vs {ref} | {isolates(ref)} | {recipe} | {n} | {d['mean']:+.3f} ± "
-                         f"{d['std'] if d['std'] is not None else float('nan'):.3f} | {ci} | "
-                         f"{_p(d['p_signflip']) if d['p_signflip'] is not None else 'n/a'} | "
-                         f"{_p(d['p_t']) if d['p_t'] is not None else 'n/a'} | {c['seeds_arm_lower']}/{n} | "
+            lines.append(f"| {ARM} vs {ref} | {isolates(ref)} | {recipe} | {n} | "
+                         f"{_pm((d['mean'], d['std']), '{:+.3f}')} | {ci} | {_p(d['p_signflip'])} | {_p(d['p_t'])} | {c['seeds_arm_lower']}/{n} | "
                          f"{len(c['spiked_seeds']['arm'])}/{n} / {len(c['spiked_seeds']['ref'])}/{n} | "
                          f"{'yes' if clear(d) else 'no'} |")
     lines += ["", "## Each arm, per recipe", "",
@@ -83,8 +78,7 @@ def table(recipes, title):
             sp = list(a["spikes"].values())
             norms = [v["max_grad_norm"] for v in sp]
             clipped = [v["clipped_frac"] for v in sp if v["clipped_frac"] is not None]
-            lines.append(f"| {arm} | {recipe} | {len(sp)} | {a['val_loss_mean']:.3f} ± "
-                         f"{a['val_loss_std'] if a['val_loss_std'] is not None else float('nan'):.3f} | "
+            lines.append(f"| {arm} | {recipe} | {len(sp)} | {_pm((a['val_loss_mean'], a['val_loss_std']), '{:.3f}')} | "
                          f"{sum(v['unhealthy_steps'] > 0 for v in sp)}/{len(sp)} | "
                          f"{sum(v['unhealthy_steps'] for v in sp)} | "
                          f"{statistics.median(norms):.3g}; {max(norms):.3g} | "
