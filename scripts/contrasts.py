@@ -63,7 +63,8 @@ def table(recipes, title):
             d, n = c["delta"], len(c["seeds"])
             ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["ci95"] else "n/a"
             lines.append(f"| {ARM} vs {ref} | {isolates(ref)} | {recipe} | {n} | "
-                         f"{_pm((d['mean'], d['std']), '{:+.3f}')} | {ci} | {_p(d['p_signflip'])} | {_p(d['p_t'])} | {c['seeds_arm_lower']}/{n} | "
+                         f"{_pm((d['mean'], d['std']), '{:+.3f}')} | {ci} | {_p(d['p_signflip'])} | {_p(d['p_t'])} | "
+                         f"{c['seeds_arm_lower']}/{n} | "
                          f"{len(c['spiked_seeds']['arm'])}/{n} / {len(c['spiked_seeds']['ref'])}/{n} | "
                          f"{'yes' if clear(d) else 'no'} |")
     lines += ["", "## Each arm, per recipe", "",
