@@ -457,8 +457,12 @@ def plots(runs, out, comparisons_done):
     pairs = [(c["arm"], c["ref"]) for c in comparisons_done]
     if not pairs:  # one arm: nothing to compare
         return
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.8), squeeze=False)
-    for ax, (arm, ref), done in zip(axes[0], pairs, comparisons_done):
+    ncols = min(3, len(pairs))  # wrap: a grid's 9 contrasts in one row are unreadable
+    nrows = -(-len(pairs) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(pairs):]:
+        ax.set_visible(False)
+    for ax, (arm, ref), done in zip(axes.flat, pairs, comparisons_done):
         curve = delta_curves(runs, arm, ref)
         x = [t / 1e6 for t, *_ in curve]
         ax.plot(x, [m for _, m, _, _ in curve], color=colors.get(arm))
@@ -476,7 +480,8 @@ def plots(runs, out, comparisons_done):
             vals = [v for row in curve[skip:] for v in row[1:]]
             pad = 0.1 * (max(vals) - min(vals) or 1)
             ax.set_ylim(min(vals) - pad, max(vals) + pad)
-    axes[0][0].set_ylabel("paired Δ val loss (nats), mean and 95 % CI")
+    for row in axes:
+        row[0].set_ylabel("paired Δ val loss (nats),\nmean and 95 % CI")
     fig.tight_layout()
     fig.savefig(out / "delta.png", dpi=110)
     plt.close(fig)
