@@ -2,13 +2,16 @@
 # The attribution grid of results/attribution/PLAN.md: the codec against its three controls and bpe_untied (seeds
 # 1337-1344) and bpe_tied (1337-1341), at two recipes, on configs/cpu_tiny.py. One command on 2 CPU cores or one GPU:
 #
-#   bash scripts/attribution.sh [--ladder] [--jobs N] [--runs_dir runs] [--key=value ...]   # train (resumable)
-#   bash scripts/attribution.sh [--ladder] --save     # keep finished runs' raw files in results/<grid>/<recipe>/finished/
-#   bash scripts/attribution.sh [--ladder] --collect  # complete grid -> results/<grid>/<recipe>/runs/ + tables
-#   bash scripts/attribution.sh [--ladder] --plan     # list the runs, train nothing
+#   bash scripts/attribution.sh [GRID] [--jobs N] [--runs_dir runs] [--key=value ...]   # train (resumable)
+#   bash scripts/attribution.sh [GRID] --save     # keep finished runs' raw files in results/<grid>/<recipe>/finished/
+#   bash scripts/attribution.sh [GRID] --collect  # complete grid -> results/<grid>/<recipe>/runs/ + tables
+#   bash scripts/attribution.sh [GRID] --plan     # list the runs, train nothing
 #
-# --ladder: the width ladder of results/attribution_width/PLAN.md instead (kronecker, bpe_untied and the three
-# controls, seeds 1337-1344, at widths 128 / 256 / 384 with 4 / 5 / 6 layers, the lr 1e-3 recipe; a GPU job).
+# GRID: none for the grid above, or
+#   --ladder    the width ladder of results/attribution_width/PLAN.md (kronecker, bpe_untied and the three
+#               controls, seeds 1337-1344, at widths 128 / 256 / 384 with 4 / 5 / 6 layers, the lr 1e-3 recipe; a GPU job);
+#   --lr_sweep  the learning-rate sweep of results/attribution_lr/PLAN.md (kronecker and bpe_untied, seeds
+#               1337-1342, peak lr 3e-3 and 6e-3, both with the 40 warmup steps of the lr 1e-3 recipe).
 # --jobs N runs N runs at a time (2 on a 2-core CPU; 16 on one GPU, where the runs share it). Rerun the same
 # command after any interruption: finished runs are skipped (in RUNS_DIR, or kept as raw files by --save, so the
 # grid also resumes on another machine of the same commit), unfinished ones resume from their checkpoints. Seeds go
@@ -24,6 +27,7 @@ JOBS=2
 RUNS_DIR=runs
 MODE=train
 GRID=attribution
+FLAG=""
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -32,10 +36,11 @@ while [[ $# -gt 0 ]]; do
     --collect) MODE=collect; shift ;;
     --save) MODE=save; shift ;;
     --plan) MODE=plan; shift ;;
-    --ladder) GRID=attribution_width; shift ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --ladder) GRID=attribution_width; FLAG=" --ladder"; shift ;;
+    --lr_sweep) GRID=attribution_lr; FLAG=" --lr_sweep"; shift ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --*=*) EXTRA+=("$1"); shift ;;
-    *) echo "error: unknown argument $1 (options: --ladder --jobs N --runs_dir DIR --save --collect --plan --key=value)" >&2; exit 2 ;;
+    *) echo "error: unknown argument $1 (options: --ladder --lr_sweep --jobs N --runs_dir DIR --save --collect --plan --key=value)" >&2; exit 2 ;;
   esac
 done
 
@@ -45,16 +50,21 @@ if [[ $GRID == attribution ]]; then
   BLOCKS=("1337 1338 1339 1340 1341|$CLAIM bpe_tied" "1342 1343 1344|$CLAIM")
   declare -A RECIPE=([lr3e-3]="--learning_rate=3e-3 --min_lr=3e-4 --warmup_steps=15" [lr1e-3]="$STABLE")
   RECIPES="lr3e-3 lr1e-3"
+  TITLE="Attribution grid"
+elif [[ $GRID == attribution_lr ]]; then  # warmup 40 throughout: the grid above changed lr and warmup together
+  BLOCKS=("1337 1338 1339|kronecker bpe_untied" "1340 1341 1342|kronecker bpe_untied")
+  declare -A RECIPE=([lr3e-3_w40]="--learning_rate=3e-3 --min_lr=3e-4 --warmup_steps=40"
+                     [lr6e-3_w40]="--learning_rate=6e-3 --min_lr=6e-4 --warmup_steps=40")
+  RECIPES="lr3e-3_w40 lr6e-3_w40"
+  TITLE="Learning-rate sweep"
 else  # head size 32 at width 128 as in cpu_tiny, 64 above; eager: a 160-step run would mostly be compiling
   BLOCKS=("1337 1338 1339 1340 1341|$CLAIM" "1342 1343 1344|$CLAIM")
   declare -A RECIPE=([w128]="$STABLE --compile=false --n_embd=128 --n_layer=4 --n_head=4"
                      [w256]="$STABLE --compile=false --n_embd=256 --n_layer=5 --n_head=4"
                      [w384]="$STABLE --compile=false --n_embd=384 --n_layer=6 --n_head=6")
   RECIPES="w128 w256 w384"
+  TITLE="Width ladder"
 fi
-
-FLAG=${GRID#attribution}; FLAG=${FLAG:+ --ladder}
-TITLE=$([[ $GRID == attribution ]] && echo "Attribution grid" || echo "Width ladder")
 
 finished() {  # a run folder whose metrics hold the final eval
   grep -q '"final_val_loss"' "$1/metrics.jsonl" 2>/dev/null

@@ -128,11 +128,13 @@ def test_gpu_check_budget_skips_what_does_not_fit(tmp_path, sample_dir, no_pytho
     assert "gpu check:" in (out / "summary.md").read_text() and proc.returncode == 0
 
 
-@pytest.mark.parametrize("flag, n, recipes", [((), 90, {"lr3e-3", "lr1e-3"}),
-                                              (("--ladder",), 120, {"w128", "w256", "w384"})])
-def test_attribution_plans_are_balanced_registry_arms(flag, n, recipes):
-    """The attribution grid and the width ladder list their runs: every arm a registry entry, every recipe with the
-    same runs, and the first block (seeds 1337-1341) before any later seed, so a partial grid stays balanced."""
+@pytest.mark.parametrize("flag, n, recipes, first_block, seeds", [
+    ((), 90, {"lr3e-3", "lr1e-3"}, 1341, 1344),
+    (("--ladder",), 120, {"w128", "w256", "w384"}, 1341, 1344),
+    (("--lr_sweep",), 24, {"lr3e-3_w40", "lr6e-3_w40"}, 1339, 1342)])
+def test_attribution_plans_are_balanced_registry_arms(flag, n, recipes, first_block, seeds):
+    """Each grid lists its runs: every arm a registry entry, every recipe with the same runs, and the first block of
+    seeds before any later seed, so a partial grid stays balanced."""
     from model import ARMS
     out = subprocess.run(["bash", "scripts/attribution.sh", *flag, "--plan"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
@@ -142,5 +144,5 @@ def test_attribution_plans_are_balanced_registry_arms(flag, n, recipes):
     by_recipe = {r: sorted(run for rr, run in runs if rr == r) for r in recipes}
     assert set(r for r, _ in runs) == recipes and len({tuple(v) for v in by_recipe.values()}) == 1
     assert all(run.rsplit("_s", 1)[0] in ARMS for _, run in runs)
-    seeds = [int(run.rsplit("_s", 1)[1]) for _, run in runs]
-    assert max(seeds[: seeds.index(1342)]) == 1341 and set(seeds) == set(range(1337, 1345))
+    order = [int(run.rsplit("_s", 1)[1]) for _, run in runs]
+    assert max(order[: order.index(first_block + 1)]) == first_block and set(order) == set(range(1337, seeds + 1))
