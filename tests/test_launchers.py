@@ -24,7 +24,7 @@ SLURM_NODEID=0 "$@"
 SCONTROL = """#!/usr/bin/env bash
 case "$1 $2" in
   "show job") echo "   Command=$SUBMITTED_SCRIPT" ;;
-  "show hostnames") printf 'gpu-node-%s\\n' 1 2 3 4 ;;
+  "show hostnames") printf 'gpu-node-%s\\n' $(seq 1 "${HOSTS:-4}") ;;
   *) echo "scontrol $*" >> "$LAUNCH_LOG" ;;
 esac
 """
@@ -90,6 +90,18 @@ def test_slurm_batch_file_from_another_folder(stubs, tmp_path, nodes):
     # the log file Slurm opens is in the submit folder, which exists by definition
     header = (ROOT / "scripts/slurm_compare.sbatch").read_text()
     assert "#SBATCH --output=nanokron-compare-%j.out" in header and "#SBATCH --requeue" in header
+
+
+def test_slurm_batch_file_survives_a_long_host_list(stubs, tmp_path):
+    """`scontrol show hostnames` on a large allocation writes more than a pipe holds; taking its first line must not
+    kill the job with SIGPIPE under `set -o pipefail` (exit 141 before any launch)."""
+    env, log = stubs
+    env = {**env, "SLURM_JOB_ID": "77", "SLURM_NNODES": "4", "SLURM_JOB_NODELIST": "gpu-node-[1-20000]",
+           "NPROC": "8", "HOSTS": "20000"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts/slurm_compare.sbatch")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert "--rdzv_endpoint=gpu-node-1:29500" in launches(log)[0]
 
 
 def test_multinode_script_on_node_2_of_4(stubs):
